@@ -1,0 +1,23 @@
+"""Exceptions shared by every pool kind.
+
+``PoolError`` is psycopg2's own class, so ``except psycopg2.pool.PoolError`` and
+``except pgpool_compat.PoolError`` catch the same errors.
+"""
+
+from __future__ import annotations
+
+from psycopg2.pool import PoolError
+
+__all__ = ["PoolError", "PoolTimeout", "PoolTimeoutError"]
+
+
+class PoolTimeout(PoolError):
+    """No connection became available within the pool's timeout.
+
+    The message starts with ``connection pool exhausted`` so code that tests
+    ``"exhausted" in str(e)`` keeps working.
+    """
+
+
+#: The name the factory-based pools use; one class, two names.
+PoolTimeoutError = PoolTimeout

@@ -1,0 +1,243 @@
+"""Everything that touches a connection: the driver seam and its psycopg2 implementation.
+
+The pool engine never calls a connection method itself; it asks a driver to connect, probe,
+ping, reset and dispose. A new kind of connection is a new driver, not a new pool.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any, Dict, Generic, List, Optional, Tuple, TypeVar
+
+import psycopg2
+from psycopg2 import extensions
+
+from .options import PoolOptions
+
+__all__ = ["Driver", "Psycopg2Driver", "SessionDefaults", "ConnT"]
+
+logger = logging.getLogger("pgpool_compat")
+
+ConnT = TypeVar("ConnT")
+
+_READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
+
+# libpq's transaction states, named once for the hot paths below.
+_STATUS_IDLE = extensions.TRANSACTION_STATUS_IDLE
+_STATUS_UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
+
+
+class Driver(Generic[ConnT]):
+    """How the engine talks to one kind of connection. Subclass and override what applies.
+
+    Every method but ``connect``, ``ping`` and ``reset`` must be cheap: the engine may call
+    them under its lock. ``connect``, ``ping``, ``reset`` and ``dispose`` do I/O and are only
+    called with no lock held.
+    """
+
+    def connect(self) -> ConnT:
+        raise NotImplementedError
+
+    def prepare(self, conn: ConnT) -> Any:
+        """Set up a new connection before it is first handed out; return its session defaults."""
+        return None
+
+    def is_alive(self, conn: ConnT) -> bool:
+        """Whether the connection may still work, without a round trip."""
+        return True
+
+    def ping(self, conn: ConnT, timeout: float) -> bool:
+        """Whether the server answers within ``timeout`` seconds (one round trip)."""
+        return self.is_alive(conn)
+
+    def return_state(self, conn: ConnT) -> Optional[bool]:
+        """``None``: unusable, discard; ``False``: clean, keep as is; ``True``: needs ``reset``."""
+        return False
+
+    def reset(self, conn: ConnT, defaults: Any) -> None:
+        """Make a returned connection fit for the next borrower; raise if it cannot be."""
+
+    def dispose(self, conn: ConnT) -> None:
+        """Close the connection, never raising."""
+
+
+class SessionDefaults:
+    """A psycopg2 connection's session characteristics as first handed out."""
+
+    __slots__ = ("autocommit", "readonly", "isolation_level", "deferrable")
+
+    def __init__(self, conn: Any) -> None:
+        self.autocommit: bool = conn.autocommit
+        self.readonly: Optional[bool] = conn.readonly
+        self.isolation_level: Optional[int] = conn.isolation_level
+        self.deferrable: Optional[bool] = conn.deferrable
+
+    def restore(self, conn: Any) -> None:
+        # Each property is client-side in psycopg2 >= 2.7: no round trip unless it changed.
+        if conn.autocommit != self.autocommit:
+            conn.autocommit = self.autocommit
+        if conn.readonly != self.readonly:
+            conn.readonly = self.readonly
+        if conn.isolation_level != self.isolation_level:
+            conn.isolation_level = self.isolation_level
+        if conn.deferrable != self.deferrable:
+            conn.deferrable = self.deferrable
+
+
+class Psycopg2Driver(Driver[Any]):
+    """psycopg2 connections, with psycopg2.pool's return rules and our opt-in extras."""
+
+    def __init__(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions):
+        self._args = args
+        self._kwargs = kwargs
+        self._options = options
+        self._discard = options.reset == "discard"
+        self._custom_reset = options.reset if callable(options.reset) else None
+
+    def connect(self) -> Any:
+        # Looked up at call time: tests and users monkeypatch psycopg2.connect.
+        return psycopg2.connect(*self._args, **self._kwargs)
+
+    def prepare(self, conn: Any) -> Any:
+        if self._options.configure is not None:
+            self._options.configure(conn)
+            if conn.info.transaction_status != _STATUS_IDLE:
+                conn.commit()  # a configure that ran queries must not leave a transaction open
+        return SessionDefaults(conn) if self._discard else None
+
+    def is_alive(self, conn: Any) -> bool:
+        if conn.closed:
+            return False
+        poller = select.poll()
+        poller.register(conn.fileno(), _READABLE)
+        if not poller.poll(0):
+            return True
+        # Readable while idle: a notification, a notice, or the server hanging up. Let libpq
+        # consume what is there; if the socket is still readable, it is at end of stream.
+        try:
+            conn.poll()
+        except psycopg2.Error:
+            return False
+        return not conn.closed and not poller.poll(0)
+
+    def ping(self, conn: Any, timeout: float) -> bool:
+        if not self.is_alive(conn) or conn.info.transaction_status != _STATUS_IDLE:
+            return False
+        autocommit = conn.autocommit
+        alarm = _watchdog.arm(conn.fileno(), timeout)
+        try:
+            conn.autocommit = True  # one statement, not BEGIN / SELECT / ROLLBACK
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            conn.autocommit = autocommit
+        except psycopg2.Error as error:
+            logger.info("ping failed: %s", _first_line(error))
+            return False
+        finally:
+            fired = _watchdog.disarm(alarm)
+        if fired:
+            logger.warning("ping got no answer within %.3g s; connection dropped", timeout)
+        return not fired
+
+    def return_state(self, conn: Any) -> Optional[bool]:
+        if conn.closed:
+            return None
+        status = conn.info.transaction_status
+        if status == _STATUS_UNKNOWN:
+            return None
+        return self._discard or self._custom_reset is not None or status != _STATUS_IDLE
+
+    def reset(self, conn: Any, defaults: Any) -> None:
+        if conn.info.transaction_status != _STATUS_IDLE:
+            conn.rollback()
+        if self._custom_reset is not None:
+            self._custom_reset(conn)
+        elif self._discard:
+            conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
+            with conn.cursor() as cursor:
+                cursor.execute("DISCARD ALL")
+            defaults.restore(conn)
+
+    def dispose(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception as error:  # closing must never fail the caller
+            logger.debug("error closing a connection: %s", _first_line(error))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class _Watchdog:
+    """One daemon thread that cuts off pings still waiting at their deadline.
+
+    libpq waits for an answer with no timeout, so a peer that vanished silently would hang a
+    ping for ever; shutting the socket down makes the blocked read fail at once.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._alarms: List[Tuple[float, int, int]] = []  # (deadline, alarm id, fd)
+        self._armed: Dict[int, bool] = {}  # alarm id -> fired
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self._pid = 0
+
+    def arm(self, fd: int, timeout: float) -> int:
+        with self._cond:
+            alarm = next(self._ids)
+            heapq.heappush(self._alarms, (time.monotonic() + timeout, alarm, fd))
+            self._armed[alarm] = False
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="pgpool_compat-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+            return alarm
+
+    def disarm(self, alarm: int) -> bool:
+        """Forget the alarm; return whether it fired."""
+        with self._cond:
+            return self._armed.pop(alarm)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                self._drop_disarmed()
+                if not self._alarms:
+                    self._cond.wait()
+                    continue
+                deadline, alarm, fd = self._alarms[0]
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                heapq.heappop(self._alarms)
+                self._armed[alarm] = True
+                _shutdown_socket(fd)
+
+    def _drop_disarmed(self) -> None:
+        while self._alarms and self._alarms[0][1] not in self._armed:
+            heapq.heappop(self._alarms)
+
+
+def _shutdown_socket(fd: int) -> None:
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError as error:
+        logger.debug("could not shut down socket %d: %s", fd, error)
+
+
+_watchdog = _Watchdog()

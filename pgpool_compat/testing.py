@@ -1,0 +1,469 @@
+"""Throwaway PostgreSQL servers for tests, the benchmark and users' own test suites.
+
+``PostgresServer()`` initialises a fresh cluster in a temporary directory, starts it on a free
+loopback port with trust authentication and durability switched off (tests want speed, not
+crash safety), and removes everything again on :meth:`PostgresServer.cleanup`, on leaving a
+``with`` block, at interpreter exit, on ``KeyboardInterrupt`` and when the owning process gets
+``SIGTERM``.
+
+PostgreSQL refuses to run as root, so when the current user is root the server processes
+(``initdb`` and ``postgres``) run as the unprivileged OS user ``postgres`` (or ``nobody`` when
+that user does not exist) and the temporary directory is handed to that user.
+
+Server binaries are found on ``PATH``, in the locations testing.postgresql searches
+(``/usr/lib/postgresql/*/bin`` and friends) and finally in the ``pgserver`` pip package, which
+bundles a complete PostgreSQL. When none is available the constructor raises
+:class:`PostgresNotFound` with one line saying what to install.
+
+Set ``PGPOOL_TEST_DSN`` to test against an existing server instead; :func:`external_dsn`
+returns it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Optional
+
+import psycopg2
+
+__all__ = ["PostgresNotFound", "PostgresServer", "external_dsn"]
+
+logger = logging.getLogger("pgpool_compat")
+
+#: Environment variable naming an existing server to test against instead of a throwaway one.
+DSN_ENV = "PGPOOL_TEST_DSN"
+
+#: Settings every throwaway server gets; ``settings=`` in the constructor overrides them.
+DEFAULT_SETTINGS: dict[str, str] = {
+    "listen_addresses": "127.0.0.1",
+    # Fault tests open many connections at once.
+    "max_connections": "200",
+    # Durability is pointless for a throwaway cluster and costs seconds per test run.
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "checkpoint_timeout": "1h",
+    # No background work competing with the test on small CI machines.
+    "autovacuum": "off",
+    "shared_buffers": "32MB",
+    "logging_collector": "off",
+}
+
+_INSTALL_HINT = (
+    "no PostgreSQL server binaries found (initdb/postgres): install them "
+    "(Debian/Ubuntu: apt-get install postgresql; or pip install pgserver) "
+    f"or set {DSN_ENV} to an existing server"
+)
+
+# Signal sent to the postmaster for each shutdown mode (see the PostgreSQL "Shutting Down the
+# Server" docs): SIGINT is a fast shutdown, SIGQUIT an immediate one (crash recovery on start).
+_STOP_SIGNALS = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 30.0
+_PORT_ATTEMPTS = 5
+
+
+class PostgresNotFound(RuntimeError):
+    """No PostgreSQL server binaries are available on this machine."""
+
+
+def external_dsn() -> Optional[str]:
+    """Return the DSN in ``PGPOOL_TEST_DSN`` if it is set and non-empty, else ``None``."""
+    dsn = os.environ.get(DSN_ENV, "").strip()
+    return dsn or None
+
+
+def _bin_dir() -> Path:
+    """Find the directory holding ``initdb`` and ``postgres``; raise PostgresNotFound if none."""
+    found = shutil.which("postgres")
+    if found:
+        # Resolve symlinks (e.g. /usr/local/bin -> /usr/lib/postgresql/15/bin) so initdb is
+        # taken from the same installation as postgres.
+        directory = Path(found).resolve().parent
+        if (directory / "initdb").exists():
+            return directory
+    try:
+        # testing.postgresql knows the usual install locations (Debian, MacPorts, /usr/local).
+        from testing.postgresql import find_program
+
+        return Path(find_program("postgres", ["bin"])).parent
+    except (ImportError, RuntimeError):
+        pass
+    try:
+        # pgserver bundles PostgreSQL binaries in its package directory.
+        pgserver = importlib.import_module("pgserver")
+        bundled = Path(str(pgserver.__file__)).parent / "pginstall" / "bin"
+        if (bundled / "postgres").exists():
+            return bundled
+    except ImportError:
+        pass
+    raise PostgresNotFound(_INSTALL_HINT)
+
+
+def _free_port() -> int:
+    """Ask the kernel for a currently unused loopback TCP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _OsUser:
+    """The OS account the server processes run as: the current one, or an unprivileged one
+    when we are root (PostgreSQL refuses to run as root)."""
+
+    def __init__(self) -> None:
+        self.uid: Optional[int] = None
+        self.gid: Optional[int] = None
+        self.name = pwd.getpwuid(os.geteuid()).pw_name
+        if os.geteuid() == 0:
+            for candidate in ("postgres", "nobody"):
+                try:
+                    entry = pwd.getpwnam(candidate)
+                except KeyError:
+                    continue
+                self.uid, self.gid, self.name = entry.pw_uid, entry.pw_gid, candidate
+                break
+            else:
+                raise RuntimeError(
+                    "running as root needs an unprivileged OS user 'postgres' to run the "
+                    "PostgreSQL server (useradd --system postgres)"
+                )
+
+    def give(self, path: Path) -> None:
+        """Make ``path`` (recursively) owned by this user, when we are switching users."""
+        if self.uid is None or self.gid is None:
+            return
+        os.chown(path, self.uid, self.gid)
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
+
+    def popen(self, args: list[str], log: Any, cwd: Path) -> subprocess.Popen[bytes]:
+        """Start ``args`` as this user, output to ``log``, in its own session (so a Ctrl-C in
+        the terminal reaches only the test process, which then shuts the server down)."""
+        extra: dict[str, Any] = {}
+        if self.uid is not None:
+            extra = {"user": self.uid, "group": self.gid, "extra_groups": []}
+        env = dict(os.environ, LC_ALL="C")
+        env.pop("PGDATA", None)
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            **extra,
+        )
+
+
+# One initdb per binary directory and OS user per process: later servers copy the template
+# (tens of milliseconds) instead of running initdb again (about a second).
+_templates: dict[tuple[Path, str], Path] = {}
+_templates_lock = threading.Lock()
+_live: set[PostgresServer] = set()
+_live_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _forget_after_fork() -> None:
+    """A forked child inherits the registries but must never shut down its parent's servers
+    or delete its templates at exit; it starts with empty ones and fresh locks."""
+    global _templates_lock, _live_lock
+    _templates_lock, _live_lock = threading.Lock(), threading.Lock()
+    _templates.clear()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1, started on construction.
+
+    :param port: TCP port to listen on; by default a free one is picked. The port stays the
+        same across :meth:`stop` / :meth:`start` / :meth:`restart`.
+    :param settings: extra ``postgresql.conf`` settings, overriding :data:`DEFAULT_SETTINGS`.
+    :param name: prefix of the temporary directory, to tell servers apart in ``ps``/``/tmp``.
+
+    Connect with :attr:`dsn` (libpq ``key=value`` string, superuser ``postgres``, trust auth,
+    no password). Use it as a context manager or call :meth:`cleanup` when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: Optional[int] = None,
+        settings: Optional[dict[str, str]] = None,
+        name: str = "pgpool_compat",
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.user = "postgres"
+        self.dbname = "postgres"
+        self._fixed_port = port is not None
+        self.port = port if port is not None else _free_port()
+        self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self._bin = _bin_dir()
+        self._os_user = _OsUser()
+        self._lock = threading.RLock()
+        self._process: Optional[subprocess.Popen[bytes]] = None
+        self._version = self._read_version()
+        self._base = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self._data = self._base / "data"
+        self._log_path = self._base / "postgres.log"
+        _register(self)
+        try:
+            self._os_user.give(self._base)
+            self._init_cluster()
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """libpq ``key=value`` connection string for the superuser (no password needed)."""
+        return f"host={self.host} port={self.port} user={self.user} dbname={self.dbname}"
+
+    @property
+    def is_running(self) -> bool:
+        """True while the postmaster process is alive."""
+        process = self._process
+        return process is not None and process.poll() is None
+
+    @property
+    def server_version(self) -> str:
+        """The server's version, e.g. ``"15.18"``."""
+        return self._version
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (removed by :meth:`cleanup`)."""
+        return self._data
+
+    @property
+    def log_path(self) -> Path:
+        """The server log file, handy when a test wants to see what the server said."""
+        return self._log_path
+
+    @property
+    def description(self) -> str:
+        """One line saying what runs where, for test-session headers and logs."""
+        return (
+            f"PostgreSQL {self._version} (throwaway server) at {self.host}:{self.port}, "
+            f"binaries {self._bin}, run as OS user {self._os_user.name}"
+        )
+
+    def start(self) -> None:
+        """Start the server (no-op if it is running) and wait until it accepts connections."""
+        with self._lock:
+            if self.is_running:
+                return
+            if not self._data.exists():
+                raise RuntimeError("PostgresServer.start() after cleanup()")
+            for attempt in range(_PORT_ATTEMPTS):
+                if self._launch():
+                    return
+                # Another process grabbed our free port between picking and binding it.
+                if self._fixed_port or attempt == _PORT_ATTEMPTS - 1 or not self._bind_failed():
+                    break
+                self.port = _free_port()
+            raise RuntimeError(
+                f"PostgreSQL failed to start on port {self.port}: {self._log_tail()}"
+            )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; ``mode`` is ``"fast"`` (disconnect clients, clean shutdown) or
+        ``"immediate"`` (abort at once, crash recovery on the next start). The port is kept."""
+        if mode not in _STOP_SIGNALS:
+            raise ValueError(f"stop mode must be one of {sorted(_STOP_SIGNALS)}, not {mode!r}")
+        with self._lock:
+            process = self._process
+            if process is None:
+                return
+            if process.poll() is None:
+                process.send_signal(_STOP_SIGNALS[mode])
+                try:
+                    process.wait(_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    logger.warning("PostgreSQL did not stop in %ss, killing it", _STOP_TIMEOUT)
+                    process.kill()
+                    process.wait(_STOP_TIMEOUT)
+            self._process = None
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop (see :meth:`stop`) and start again on the same port."""
+        with self._lock:
+            self.stop(mode)
+            self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its directory. Idempotent; safe to call at any time."""
+        with self._lock:
+            try:
+                self.stop("fast")
+            finally:
+                shutil.rmtree(self._base, ignore_errors=True)
+                with _live_lock:
+                    _live.discard(self)
+
+    def __enter__(self) -> PostgresServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<PostgresServer {self.host}:{self.port} {state} {self._data}>"
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _read_version(self) -> str:
+        out = subprocess.run(
+            [str(self._bin / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        match = re.search(r"\(PostgreSQL\)\s+(\S+)", out)
+        return match.group(1) if match else out.strip()
+
+    def _init_cluster(self) -> None:
+        """Create the data directory: copy the per-process template, made by initdb once."""
+        key = (self._bin, self._os_user.name)
+        with _templates_lock:
+            template = _templates.get(key)
+            if template is None or not template.exists():
+                template = Path(tempfile.mkdtemp(prefix="pgpool_compat-template-"))
+                self._os_user.give(template)
+                self._run_initdb(template / "data")
+                _templates[key] = template
+        shutil.copytree(template / "data", self._data, symlinks=True)
+        self._os_user.give(self._data)
+
+    def _run_initdb(self, target: Path) -> None:
+        args = [
+            str(self._bin / "initdb"),
+            "-D",
+            str(target),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]
+        with open(target.parent / "initdb.log", "wb") as log:
+            process = self._os_user.popen(args, log, cwd=target.parent)
+            try:
+                code = process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                code = -1
+        if code != 0:
+            output = (target.parent / "initdb.log").read_text(errors="replace").strip()
+            raise RuntimeError(f"initdb failed ({code}): {output[-2000:]}")
+
+    def _launch(self) -> bool:
+        """Start the postmaster once; True when it accepts connections, False if it died."""
+        args = [str(self._bin / "postgres"), "-D", str(self._data), "-p", str(self.port)]
+        settings = {**self._settings, "unix_socket_directories": str(self._data)}
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        with open(self._log_path, "ab") as log:
+            process = self._os_user.popen(args, log, cwd=self._base)
+        self._process = process
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                self._process = None
+                return False
+            try:
+                psycopg2.connect(self.dsn, connect_timeout=2).close()
+                return True
+            except psycopg2.OperationalError:
+                time.sleep(0.05)
+        self.stop("immediate")
+        raise RuntimeError(
+            f"PostgreSQL did not accept connections in {_START_TIMEOUT}s: {self._log_tail()}"
+        )
+
+    def _bind_failed(self) -> bool:
+        return "could not bind" in self._log_tail(4000) or "in use" in self._log_tail(4000)
+
+    def _log_tail(self, size: int = 2000) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-size:].strip()
+        except OSError:
+            return "(no server log)"
+
+
+def _register(server: PostgresServer) -> None:
+    """Track a live server so exit paths can clean it up; install those paths once."""
+    global _hooks_installed
+    with _live_lock:
+        _live.add(server)
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    # KeyboardInterrupt and sys.exit both end in atexit.
+    atexit.register(_cleanup_all)
+    # SIGTERM would kill us without atexit; handle it unless the application already does.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _cleanup_all() -> None:
+    """Clean up every server this process started, and the initdb templates."""
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        try:
+            server.cleanup()
+        except Exception:  # keep cleaning the others; this runs at exit
+            logger.exception("cleanup of %r failed", server)
+    with _templates_lock:
+        for template in _templates.values():
+            shutil.rmtree(template, ignore_errors=True)
+        _templates.clear()
+
+
+def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
+    """Clean up, then die of SIGTERM as we would have without this handler."""
+    _cleanup_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -11,7 +11,7 @@ from psycopg2.pool import PoolError
 __all__ = ["PoolError", "PoolTimeout", "PoolTimeoutError"]
 
 
-class PoolTimeout(PoolError):
+class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs
     """No connection became available within the pool's timeout.
 
     The message starts with ``connection pool exhausted`` so code that tests

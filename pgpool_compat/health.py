@@ -21,7 +21,7 @@ from psycopg2 import extensions
 
 from .options import PoolOptions
 
-__all__ = ["Driver", "Psycopg2Driver", "SessionDefaults", "ConnT"]
+__all__ = ["ConnT", "Driver", "Psycopg2Driver", "SessionDefaults"]
 
 logger = logging.getLogger("pgpool_compat")
 
@@ -71,7 +71,7 @@ class Driver(Generic[ConnT]):
 class SessionDefaults:
     """A psycopg2 connection's session characteristics as first handed out."""
 
-    __slots__ = ("autocommit", "readonly", "isolation_level", "deferrable")
+    __slots__ = ("autocommit", "deferrable", "isolation_level", "readonly")
 
     def __init__(self, conn: Any) -> None:
         self.autocommit: bool = conn.autocommit

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ["PoolOptions", "split_options", "CheckSetting", "ResetSetting", "MAX_SECONDS"]
+__all__ = ["MAX_SECONDS", "CheckSetting", "PoolOptions", "ResetSetting", "split_options"]
 
 PREFIX = "pool_"
 
@@ -96,9 +96,9 @@ def _validated(given: Dict[str, Any]) -> PoolOptions:
     configure = given.get("configure")
     if configure is not None and not callable(configure):
         raise TypeError(f"pool_configure must be a callable, got {type(configure).__name__}")
-    name = given.get("name")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"pool_name must be a string, got {type(name).__name__}")
+    pool_name = given.get("name")
+    if pool_name is not None and not isinstance(pool_name, str):
+        raise TypeError(f"pool_name must be a string, got {type(pool_name).__name__}")
     for flag in ("background", "lifo"):
         if flag in given and not isinstance(given[flag], bool):
             raise TypeError(f"pool_{flag} must be True or False, got {given[flag]!r}")

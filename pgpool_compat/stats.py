@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-__all__ = ["PoolStats", "GAUGE_KEYS", "COUNTER_KEYS"]
+__all__ = ["COUNTER_KEYS", "GAUGE_KEYS", "PoolStats"]
 
 #: Keys that describe the pool right now; ``pop_stats()`` does not reset them.
 GAUGE_KEYS = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting")

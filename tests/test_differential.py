@@ -201,12 +201,7 @@ def _next_op(rng: random.Random, ref: Side, client: Client) -> Op:
         choices.append((2.5, "dirty"))
     if client.returned:
         choices.append((0.5, "double_put"))
-    total = sum(weight for weight, _ in choices)
-    pick = rng.uniform(0, total)
-    for weight, name in choices:
-        pick -= weight
-        if pick <= 0:
-            break
+    name = rng.choices([name for _, name in choices], [weight for weight, _ in choices])[0]
     close = rng.random() < 0.25
     if name == "get_auto":
         return ("getconn", None)

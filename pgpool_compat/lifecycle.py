@@ -1,0 +1,152 @@
+"""Pure rules about a pooled connection's life, shared by every pool kind.
+
+Nothing here does I/O, takes a lock or knows about threads or asyncio: the sync engine and
+the async pool each call these helpers under their own concurrency scheme, so lifetimes,
+idle expiry, messages, settings validation and stats come out the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Dict, Generic, Optional, Tuple, TypeVar
+
+from .options import MAX_SECONDS
+from .stats import PoolStats
+
+__all__ = [
+    "CLOSED_MESSAGE",
+    "LIFETIME_JITTER",
+    "ConnectionRecord",
+    "callable_setting",
+    "default_releaser",
+    "exhausted_message",
+    "expires_at",
+    "pool_stats",
+    "seconds_setting",
+    "size_settings",
+]
+
+ConnT = TypeVar("ConnT")
+
+#: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
+CLOSED_MESSAGE = "connection pool is closed"
+
+#: Each connection's lifetime is cut by up to this fraction, so a pool opened all at once
+#: does not expire all at once (a reconnect storm).
+LIFETIME_JITTER = 0.1
+
+
+def expires_at(
+    created_at: float,
+    max_lifetime: Optional[float],
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """The monotonic time after which a connection made at ``created_at`` must not be reused.
+
+    ``inf`` without a lifetime; otherwise the lifetime less a random cut of up to
+    ``LIFETIME_JITTER`` of it.
+    """
+    if max_lifetime is None:
+        return math.inf
+    return created_at + max_lifetime * (1.0 - uniform(0.0, LIFETIME_JITTER))
+
+
+class ConnectionRecord(Generic[ConnT]):
+    """One pooled connection and the times its life is judged by (all ``time.monotonic()``)."""
+
+    __slots__ = ("borrowed_at", "conn", "created_at", "expires_at", "idle_since")
+
+    def __init__(self, conn: ConnT, created_at: float, max_lifetime: Optional[float]) -> None:
+        self.conn = conn
+        self.created_at = created_at
+        self.expires_at = expires_at(created_at, max_lifetime)
+        self.idle_since = created_at
+        self.borrowed_at = created_at
+
+    def too_old(self, now: float) -> bool:
+        """Whether the connection has outlived its (jittered) lifetime."""
+        return now >= self.expires_at
+
+    def idle_too_long(self, now: float, max_idle: Optional[float]) -> bool:
+        """Whether an idle connection has waited longer than ``max_idle`` to be reused."""
+        return max_idle is not None and now - self.idle_since > max_idle
+
+
+def exhausted_message(waited: float, waiting: int) -> str:
+    """The timeout message; it starts with psycopg2.pool's words so ``"exhausted" in`` works."""
+    return (
+        f"connection pool exhausted: no connection became available within {waited:.3g} s "
+        f"({waiting} other request(s) waiting)"
+    )
+
+
+def pool_stats(
+    stats: PoolStats,
+    *,
+    pool_min: int,
+    pool_max: int,
+    pool_size: int,
+    pool_available: int,
+    requests_waiting: int,
+    pop: bool = False,
+) -> Dict[str, int]:
+    """The gauges and counters in ``get_stats()`` form; ``pop`` also zeroes the counters."""
+    gauges = {
+        "pool_min": pool_min,
+        "pool_max": pool_max,
+        "pool_size": pool_size,
+        "pool_available": pool_available,
+        "requests_waiting": requests_waiting,
+    }
+    gauges.update(stats.pop() if pop else stats.snapshot())
+    return gauges
+
+
+def default_releaser(conn: Any) -> Any:
+    """Dispose of a connection the generic way: call its ``close()`` if it has one.
+
+    Returns what ``close()`` returned, so an async pool can await a coroutine ``close()``
+    (asyncpg's) and a sync one can ignore the ``None``.
+    """
+    close = getattr(conn, "close", None)
+    return close() if callable(close) else None
+
+
+def size_settings(min_size: Any, max_size: Any) -> Tuple[int, int]:
+    """Validate the factory pools' ``min_size`` / ``max_size``."""
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be at least 0, got {min_size}")
+    if max_size < 1 or max_size < min_size:
+        raise ValueError(
+            f"max_size must be at least 1 and at least min_size ({min_size}), got {max_size}"
+        )
+    return min_size, max_size
+
+
+def seconds_setting(name: str, value: Any, *, allow_zero: bool) -> Optional[float]:
+    """Validate an optional duration keyword of the factory pools, naming it in errors."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    seconds = float(value)
+    lowest_ok = seconds >= 0 if allow_zero else seconds > 0
+    if math.isnan(seconds) or not lowest_ok or seconds > MAX_SECONDS:
+        bound = "at least 0" if allow_zero else "more than 0"
+        raise ValueError(
+            f"{name} must be {bound} and at most {MAX_SECONDS:.0f} seconds, got {value!r}"
+        )
+    return seconds
+
+
+def callable_setting(name: str, value: Any, *, required: bool = False) -> Any:
+    """Validate a hook keyword (``factory``, ``releaser``, ``check``, ``reset``)."""
+    if value is None and not required:
+        return None
+    if not callable(value):
+        raise TypeError(f"{name} must be a callable, got {type(value).__name__}")
+    return value

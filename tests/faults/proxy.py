@@ -11,13 +11,17 @@ Modes, switched at any time from the test:
   (what a client sees when a firewall or load balancer resets its connections).
 - ``blackhole``: stop forwarding on every open pair (bytes stay queued, as on a partitioned
   network) and accept new connections but never answer them (a silently vanished peer).
+- ``stall``: stop forwarding on every open pair, but forward new connections (a firewall or
+  NAT that silently dropped its idle entries: old connections hang, new ones work).
 
-Leaving ``blackhole`` for ``pass`` resumes the held pairs, like a healed partition. The proxy
-binds 127.0.0.1 only and refuses to forward anywhere but a loopback address.
+Leaving ``blackhole`` or ``stall`` for ``pass`` resumes the held pairs, like a healed
+partition. The proxy binds 127.0.0.1 only and refuses to forward anywhere but a loopback
+address.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import selectors
 import socket
@@ -27,7 +31,7 @@ from typing import Dict, List, Optional, Set
 
 __all__ = ["MODES", "Proxy"]
 
-MODES = ("pass", "cut", "blackhole")
+MODES = ("pass", "cut", "blackhole", "stall")
 
 #: Upper bound on pairs alive at once: a runaway test fails instead of exhausting descriptors.
 MAX_PAIRS = 256
@@ -80,6 +84,7 @@ class Proxy:
             if mode == "cut":
                 for pair in list(self._pairs):
                     self._close_pair(pair)
+            self._sync_pauses()  # before returning: no byte crosses after a stall starts
 
     def pass_through(self) -> None:
         self.set_mode("pass")
@@ -90,6 +95,9 @@ class Proxy:
     def blackhole(self) -> None:
         self.set_mode("blackhole")
 
+    def stall(self) -> None:
+        self.set_mode("stall")
+
     @property
     def open_pairs(self) -> int:
         with self._lock:
@@ -97,9 +105,8 @@ class Proxy:
 
     def dsn(self, base_dsn: str) -> str:
         """``base_dsn`` (libpq key=value) with host and port pointed at this proxy."""
-        kept = [
-            part for part in base_dsn.split() if not part.startswith(("host=", "port=", "hostaddr="))
-        ]
+        address = ("host=", "port=", "hostaddr=")
+        kept = [part for part in base_dsn.split() if not part.startswith(address)]
         return " ".join([f"host={self.host}", f"port={self.port}", *kept])
 
     def close(self) -> None:
@@ -122,20 +129,18 @@ class Proxy:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                self._sync_pauses()
             for key, _events in self._selector.select(_TICK):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 with self._lock:
                     if sock is self._listener:
                         self._accept()
-                    elif sock in self._owner:
+                    elif sock in self._owner and sock not in self._paused:
                         self._forward(sock)
 
     def _sync_pauses(self) -> None:
         """Stop reading from paired sockets in blackhole mode; resume them otherwise."""
-        holding = self._mode == "blackhole"
+        holding = self._mode in ("blackhole", "stall")
         for pair in self._pairs:
             if pair.upstream is None:
                 continue  # never answered in any mode; read only to notice the client leave
@@ -195,15 +200,12 @@ class Proxy:
             if sock in self._paused:
                 self._paused.discard(sock)
             else:
-                try:
+                # Already gone, or the selector is closed.
+                with contextlib.suppress(KeyError, ValueError):
                     self._selector.unregister(sock)
-                except (KeyError, ValueError):
-                    pass  # already gone, or the selector is closed
             self._owner.pop(sock, None)
-            try:
+            with contextlib.suppress(OSError):  # the peer already went away
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the peer already went away
             sock.close()
         if pair in self._pairs:
             self._pairs.remove(pair)

@@ -1,0 +1,82 @@
+"""Fixtures of the fault suite: both pools side by side, the figures recorder, a TCP proxy,
+PgBouncer and a second server.
+
+Every fault test takes ``impl`` (``"stock"`` then ``"pgpool_compat"``) and ``record``; the
+figures land in ``build/reliability.json`` when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any, Callable, Dict
+
+import psycopg2.extensions
+import pytest
+
+from pgpool_compat.testing import PostgresServer
+
+from .pgbouncer import REQUIRE_ENV, PgBouncer, find_pgbouncer, missing_reason
+from .proxy import Proxy
+from .support import IMPLS, Figures, ours_available, reproduce_command
+
+Record = Callable[[str, str, Dict[str, Any]], None]
+
+
+@pytest.fixture(scope="session")
+def figures(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[Figures]:
+    """The session's measured figures, merged into build/reliability.json at the end."""
+    collected = Figures(request.config.rootpath)
+    yield collected
+    collected.write(pg_server.server_version)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    """Which pool the scenario runs on: stock psycopg2.pool, then ours."""
+    name: str = request.param
+    if name == "pgpool_compat" and not ours_available():
+        pytest.skip("pgpool_compat.ThreadedConnectionPool is not there yet (pool.py)")
+    return name
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest, figures: Figures, impl: str) -> Record:
+    """``record(fault_id, title, {label: value})``: one cell of the reliability table."""
+
+    def record(fault: str, title: str, measured: Dict[str, Any]) -> None:
+        figures.record(
+            fault=fault,
+            title=title,
+            pool=impl,
+            reproduce=reproduce_command(request.node.nodeid),
+            figures=measured,
+        )
+
+    return record
+
+
+@pytest.fixture
+def proxy(pg_dsn: str) -> Iterator[Proxy]:
+    """A pass/cut/blackhole proxy in front of the shared server (faults stay in the proxy)."""
+    params = psycopg2.extensions.parse_dsn(pg_dsn)
+    with Proxy(params.get("host", "127.0.0.1"), int(params.get("port", 5432))) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_dsn: str) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the shared server, one per session."""
+    if find_pgbouncer() is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(missing_reason(), pytrace=False)
+        pytest.skip(missing_reason())
+    with PgBouncer(pg_dsn) as running:
+        yield running
+
+
+@pytest.fixture
+def spare_server() -> Iterator[PostgresServer]:
+    """A second throwaway server (failover target), removed afterwards."""
+    with PostgresServer(name="pgpool_compat-spare") as server:
+        yield server

@@ -43,14 +43,15 @@ from typing import (
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
-    ConnectionRecord,
     callable_setting,
     default_releaser,
     exhausted_message,
+    idle_too_long,
     pool_stats,
     seconds_setting,
     size_settings,
 )
+from .records import ConnRecord
 from .stats import PoolStats
 
 __all__ = ["AsyncConnectionPool"]
@@ -132,12 +133,12 @@ class AsyncConnectionPool(Generic[ConnT]):
             raise TypeError(f"lifo must be True or False, got {lifo!r}")
         self._lifo = lifo
 
-        self._idle: Deque[ConnectionRecord[ConnT]] = deque()  # longest idle on the left
-        self._out: Dict[int, ConnectionRecord[ConnT]] = {}  # id(conn) -> record
+        self._idle: Deque[ConnRecord] = deque()  # longest idle on the left
+        self._out: Dict[int, ConnRecord] = {}  # id(conn) -> record
         self._waiters: Deque[asyncio.Future[Any]] = deque()  # oldest on the left
         # Slots in use: idle + borrowed + being opened, checked or reset. Never > max_size.
         self._size = 0
-        self._connecting: Set[asyncio.Task[ConnectionRecord[ConnT]]] = set()
+        self._connecting: Set[asyncio.Task[ConnRecord]] = set()
         self._background: Set[asyncio.Task[Any]] = set()  # resets and async releasers
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
@@ -209,9 +210,10 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._stats.requests_errors += 1
             raise
         # No await between here and the return: the record cannot get lost in between.
-        record.borrowed_at = time.monotonic()
+        record.checked_out_at = time.monotonic()
         self._out[id(record.conn)] = record
-        return record.conn
+        conn: ConnT = record.conn
+        return conn
 
     async def release(self, conn: ConnT) -> None:
         """Give a borrowed connection back; safe to call from a task being cancelled."""
@@ -222,8 +224,8 @@ class AsyncConnectionPool(Generic[ConnT]):
                 raise PoolError(CLOSED_MESSAGE)
             raise PoolError("trying to release a connection this pool did not hand out")
         now = time.monotonic()
-        self._stats.usage_ms += (now - record.borrowed_at) * 1000.0
-        if record.too_old(now):
+        self._stats.usage_ms += (now - record.checked_out_at) * 1000.0
+        if record.expired(now):
             logger.debug("connection past its lifetime closed on return")
             self._discard(record)
         elif self._reset is None:
@@ -292,28 +294,30 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     # -- getting a connection -------------------------------------------------------------
 
-    async def _get_record(self) -> ConnectionRecord[ConnT]:
+    async def _get_record(self) -> ConnRecord:
         self._close_idle_expired(time.monotonic())
         # Behind existing waiters, never past them: a new request may not barge.
         got = None if self._waiters else self._take_now()
-        if got is None:
-            got = await self._wait_turn()
-        while True:
-            if isinstance(got, _SlotGrant):
-                return await self._open_for_caller()
+        while isinstance(got, ConnRecord):  # an idle connection: check it before use
             if await self._passes_check(got):
                 return got
             # The dead connection is gone but its slot is still ours: reuse it at once.
             self._size -= 1
             got = self._take_now()
-            assert got is not None, "a slot was just freed, taking cannot fail"
+        if got is None:
+            # Served with a connection just returned or opened (no check needed, as in
+            # the sync engine) or with a slot to open one in.
+            got = await self._wait_turn()
+            if isinstance(got, ConnRecord):
+                return got
+        return await self._open_for_caller()
 
-    def _take_now(self) -> Union[ConnectionRecord[ConnT], _SlotGrant, None]:
+    def _take_now(self) -> Union[ConnRecord, _SlotGrant, None]:
         """An idle connection, else a reserved slot, else ``None`` (the pool is full)."""
         now = time.monotonic()
         while self._idle:
             record = self._idle.pop() if self._lifo else self._idle.popleft()
-            if not record.too_old(now):
+            if not record.expired(now):
                 return record
             logger.debug("idle connection past its lifetime closed")
             self._discard(record)
@@ -322,7 +326,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             return _GRANT
         return None
 
-    async def _wait_turn(self) -> Union[ConnectionRecord[ConnT], _SlotGrant]:
+    async def _wait_turn(self) -> Union[ConnRecord, _SlotGrant]:
         """Queue for the next returned connection or freed slot, up to ``timeout``."""
         waiter: asyncio.Future[Any] = self._running_loop().create_future()
         self._waiters.append(waiter)
@@ -340,7 +344,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             waited = time.monotonic() - started
             logger.warning("async pool exhausted: no connection within %.3g s", waited)
             raise PoolTimeoutError(exhausted_message(waited, len(self._waiters)))
-        result: Union[ConnectionRecord[ConnT], _SlotGrant] = waiter.result()
+        result: Union[ConnRecord, _SlotGrant] = waiter.result()
         return result
 
     def _abandon(self, waiter: asyncio.Future[Any]) -> None:
@@ -355,7 +359,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             else:
                 self._hand_over(got)
 
-    async def _open_for_caller(self) -> ConnectionRecord[ConnT]:
+    async def _open_for_caller(self) -> ConnRecord:
         """Open a connection in the slot reserved for the caller."""
         task = self._spawn_connect()
         try:
@@ -372,7 +376,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             raise PoolError(CLOSED_MESSAGE)
         return record
 
-    async def _passes_check(self, record: ConnectionRecord[ConnT]) -> bool:
+    async def _passes_check(self, record: ConnRecord) -> bool:
         """Run ``check``; on failure dispose of the connection but keep its slot."""
         if self._check is None:
             return True
@@ -396,7 +400,7 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     # -- opening, returning, disposing ----------------------------------------------------
 
-    def _spawn_connect(self) -> asyncio.Task[ConnectionRecord[ConnT]]:
+    def _spawn_connect(self) -> asyncio.Task[ConnRecord]:
         """Open a connection in a slot already reserved, in a task of its own."""
         task = self._running_loop().create_task(self._connect())
         self._connecting.add(task)
@@ -404,7 +408,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         task.add_done_callback(self._connect_done)
         return task
 
-    async def _connect(self) -> ConnectionRecord[ConnT]:
+    async def _connect(self) -> ConnRecord:
         started = time.monotonic()
         conn = self._factory()
         if inspect.isawaitable(conn):
@@ -412,9 +416,9 @@ class AsyncConnectionPool(Generic[ConnT]):
         now = time.monotonic()
         self._stats.connections_num += 1
         self._stats.connections_ms += (now - started) * 1000.0
-        return ConnectionRecord(conn, now, self._max_lifetime)
+        return ConnRecord(conn, None, now, self._max_lifetime)
 
-    def _connect_done(self, task: asyncio.Task[ConnectionRecord[ConnT]]) -> None:
+    def _connect_done(self, task: asyncio.Task[ConnRecord]) -> None:
         """Free the slot of a connect that failed or was cancelled (even before it ran)."""
         self._connecting.discard(task)
         if task.cancelled():
@@ -426,13 +430,13 @@ class AsyncConnectionPool(Generic[ConnT]):
             logger.warning("async pool could not connect: %s", _describe(error))
             self._free_slot()
 
-    def _adopt(self, task: asyncio.Task[ConnectionRecord[ConnT]]) -> None:
+    def _adopt(self, task: asyncio.Task[ConnRecord]) -> None:
         """Done callback of a connect nobody waits for: pool its connection."""
         if task.cancelled() or task.exception() is not None:
             return  # _connect_done freed the slot and logged the error
         self._hand_over(task.result())
 
-    async def _reset_and_return(self, record: ConnectionRecord[ConnT], reset: Hook) -> None:
+    async def _reset_and_return(self, record: ConnRecord, reset: Hook) -> None:
         try:
             await _call(reset, record.conn)
         except Exception as error:
@@ -445,7 +449,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             raise
         self._hand_over(record)
 
-    def _hand_over(self, record: ConnectionRecord[ConnT]) -> None:
+    def _hand_over(self, record: ConnRecord) -> None:
         """A connection is free: give it to the oldest waiter, else make it idle."""
         if self._closed:
             self._discard(record)
@@ -470,7 +474,7 @@ class AsyncConnectionPool(Generic[ConnT]):
                 waiter.set_result(_GRANT)
                 return
 
-    def _discard(self, record: ConnectionRecord[ConnT]) -> None:
+    def _discard(self, record: ConnRecord) -> None:
         """Drop a connection we hold a slot for: free the slot, close the connection."""
         self._free_slot()
         self._dispose(record.conn)
@@ -488,10 +492,8 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     def _close_idle_expired(self, now: float) -> None:
         """Close connections idle longer than ``max_idle``, keeping ``min_size``."""
-        while (
-            self._idle
-            and self._size > self._min_size
-            and self._idle[0].idle_too_long(now, self._max_idle)
+        while self._idle and idle_too_long(
+            self._idle[0], now, self._max_idle, self._size, self._min_size
         ):
             logger.debug("connection idle longer than max_idle closed")
             self._discard(self._idle.popleft())

@@ -1,76 +1,44 @@
-"""Pure rules about a pooled connection's life, shared by every pool kind.
+"""Pure rules shared by every pool kind, beside the per-connection ``records.ConnRecord``.
 
 Nothing here does I/O, takes a lock or knows about threads or asyncio: the sync engine and
-the async pool each call these helpers under their own concurrency scheme, so lifetimes,
-idle expiry, messages, settings validation and stats come out the same everywhere.
+the async pool each call these helpers under their own concurrency scheme, so idle expiry,
+messages, settings validation and stats come out the same everywhere. Lifetimes with jitter
+live in ``records`` (``ConnRecord.expired``), which both pools use.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from typing import Any, Callable, Dict, Generic, Optional, Tuple, TypeVar
+from typing import Any, Dict, Optional, Tuple
 
 from .options import MAX_SECONDS
+from .records import ConnRecord
 from .stats import PoolStats
 
 __all__ = [
     "CLOSED_MESSAGE",
-    "LIFETIME_JITTER",
-    "ConnectionRecord",
     "callable_setting",
     "default_releaser",
     "exhausted_message",
-    "expires_at",
+    "idle_too_long",
     "pool_stats",
     "seconds_setting",
     "size_settings",
 ]
 
-ConnT = TypeVar("ConnT")
-
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
 
-#: Each connection's lifetime is cut by up to this fraction, so a pool opened all at once
-#: does not expire all at once (a reconnect storm).
-LIFETIME_JITTER = 0.1
 
+def idle_too_long(
+    record: ConnRecord, now: float, max_idle: Optional[float], open_count: int, min_size: int
+) -> bool:
+    """Whether an idle connection should be closed for idleness.
 
-def expires_at(
-    created_at: float,
-    max_lifetime: Optional[float],
-    uniform: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """The monotonic time after which a connection made at ``created_at`` must not be reused.
-
-    ``inf`` without a lifetime; otherwise the lifetime less a random cut of up to
-    ``LIFETIME_JITTER`` of it.
+    Only with ``max_idle`` set, and never when closing it would leave fewer than
+    ``min_size`` connections open (``open_count`` counts this one).
     """
-    if max_lifetime is None:
-        return math.inf
-    return created_at + max_lifetime * (1.0 - uniform(0.0, LIFETIME_JITTER))
-
-
-class ConnectionRecord(Generic[ConnT]):
-    """One pooled connection and the times its life is judged by (all ``time.monotonic()``)."""
-
-    __slots__ = ("borrowed_at", "conn", "created_at", "expires_at", "idle_since")
-
-    def __init__(self, conn: ConnT, created_at: float, max_lifetime: Optional[float]) -> None:
-        self.conn = conn
-        self.created_at = created_at
-        self.expires_at = expires_at(created_at, max_lifetime)
-        self.idle_since = created_at
-        self.borrowed_at = created_at
-
-    def too_old(self, now: float) -> bool:
-        """Whether the connection has outlived its (jittered) lifetime."""
-        return now >= self.expires_at
-
-    def idle_too_long(self, now: float, max_idle: Optional[float]) -> bool:
-        """Whether an idle connection has waited longer than ``max_idle`` to be reused."""
-        return max_idle is not None and now - self.idle_since > max_idle
+    return max_idle is not None and now - record.idle_since > max_idle and open_count > min_size
 
 
 def exhausted_message(waited: float, waiting: int) -> str:

@@ -179,9 +179,10 @@ class _OsUser:
 # One initdb per binary directory and OS user per process: later servers copy the template
 # (tens of milliseconds) instead of running initdb again (about a second).
 _templates: dict[tuple[Path, str], Path] = {}
-_templates_lock = threading.Lock()
+# Reentrant: the SIGTERM handler runs in the main thread, which may already hold them.
+_templates_lock = threading.RLock()
 _live: set[PostgresServer] = set()
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()
 _hooks_installed = False
 
 
@@ -189,7 +190,7 @@ def _forget_after_fork() -> None:
     """A forked child inherits the registries but must never shut down its parent's servers
     or delete its templates at exit; it starts with empty ones and fresh locks."""
     global _templates_lock, _live_lock
-    _templates_lock, _live_lock = threading.Lock(), threading.Lock()
+    _templates_lock, _live_lock = threading.RLock(), threading.RLock()
     _templates.clear()
     _live.clear()
 
@@ -251,6 +252,12 @@ class PostgresServer:
         """True while the postmaster process is alive."""
         process = self._process
         return process is not None and process.poll() is None
+
+    @property
+    def pid(self) -> Optional[int]:
+        """PID of the postmaster while running (fault tests may signal it), else None."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     @property
     def server_version(self) -> str:
@@ -382,6 +389,8 @@ class PostgresServer:
             "UTF8",
             "--locale=C",
             "--no-sync",
+            # 1 MB WAL segments instead of 16: less to copy for every new server.
+            "--wal-segsize=1",
         ]
         with open(target.parent / "initdb.log", "wb") as log:
             process = self._os_user.popen(args, log, cwd=target.parent)

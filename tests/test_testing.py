@@ -1,0 +1,270 @@
+"""The test harness itself, on real servers: pgpool_compat.testing and tests/helpers.py."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from helpers import backend_count, backend_pids, terminate_backends
+
+from pgpool_compat import testing as harness
+from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def query(dsn: str, sql: str) -> object:
+    """Run one statement on a new connection and return the first column of the first row."""
+    conn = psycopg2.connect(dsn, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def refuses(dsn: str) -> bool:
+    """True when nothing accepts connections at ``dsn``."""
+    try:
+        psycopg2.connect(dsn, connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return True
+    return False
+
+
+def test_start_query_and_settings(own_server: PostgresServer) -> None:
+    dsn = own_server.dsn
+    assert dsn == f"host=127.0.0.1 port={own_server.port} user=postgres dbname=postgres"
+    assert own_server.is_running
+    assert query(dsn, "SELECT 1") == 1
+    assert query(dsn, "SHOW listen_addresses") == "127.0.0.1"
+    assert query(dsn, "SHOW max_connections") == "200"
+    assert query(dsn, "SHOW fsync") == "off"
+    assert str(query(dsn, "SHOW server_version")).split()[0] == own_server.server_version
+    assert own_server.server_version[0].isdigit()
+    # The unix socket lives in the data directory, not in a shared system directory.
+    assert (own_server.data_dir / f".s.PGSQL.{own_server.port}").exists()
+
+
+def test_server_never_runs_as_root(own_server: PostgresServer) -> None:
+    expected = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert own_server.pid is not None
+    status = Path(f"/proc/{own_server.pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert {int(uid) for uid in uids} == {expected}
+
+
+def test_settings_override() -> None:
+    with PostgresServer(settings={"max_connections": "37"}) as server:
+        assert query(server.dsn, "SHOW max_connections") == "37"
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_restart_keeps_port_and_works(own_server: PostgresServer, mode: str) -> None:
+    port, pid = own_server.port, own_server.pid
+    old = psycopg2.connect(own_server.dsn)
+    started = time.monotonic()
+    own_server.restart(mode)
+    assert time.monotonic() - started < 10
+    assert own_server.port == port
+    assert own_server.pid not in (None, pid)
+    assert query(own_server.dsn, "SELECT 2") == 2
+    # Connections from before the restart are dead: the restart was real.
+    with pytest.raises(psycopg2.OperationalError), old.cursor() as cur:
+        cur.execute("SELECT 1")
+    old.close()
+
+
+def test_stop_makes_connects_fail_and_start_brings_it_back(own_server: PostgresServer) -> None:
+    port = own_server.port
+    own_server.stop()
+    assert not own_server.is_running
+    assert own_server.pid is None
+    assert refuses(own_server.dsn)
+    own_server.stop()  # stopping a stopped server is a no-op
+    own_server.start()
+    assert own_server.port == port
+    assert query(own_server.dsn, "SELECT 3") == 3
+
+
+def test_stop_rejects_unknown_mode(own_server: PostgresServer) -> None:
+    with pytest.raises(ValueError, match="stop mode"):
+        own_server.stop("sideways")
+    assert own_server.is_running
+
+
+def test_cleanup_removes_data_dir_and_is_idempotent() -> None:
+    server = PostgresServer()
+    data_dir, dsn = server.data_dir, server.dsn
+    assert data_dir.is_dir()
+    server.cleanup()
+    assert not data_dir.exists()
+    assert not data_dir.parent.exists()
+    assert refuses(dsn)
+    server.cleanup()
+    with pytest.raises(RuntimeError, match="after cleanup"):
+        server.start()
+
+
+def test_context_manager_cleans_up() -> None:
+    with PostgresServer() as server:
+        data_dir, dsn = server.data_dir, server.dsn
+        assert query(dsn, "SELECT 4") == 4
+    assert not data_dir.exists()
+    assert refuses(dsn)
+
+
+def test_fixed_port_is_used_and_kept() -> None:
+    port = harness._free_port()
+    with PostgresServer(port=port) as server:
+        assert server.port == port
+        server.restart()
+        assert server.port == port
+        assert query(server.dsn, "SELECT 5") == 5
+
+
+def test_two_servers_at_once_are_independent(own_server: PostgresServer) -> None:
+    with PostgresServer() as other:
+        assert other.port != own_server.port
+        assert other.data_dir != own_server.data_dir
+        conn = psycopg2.connect(own_server.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE only_here (x int)")
+        conn.close()
+        assert query(own_server.dsn, "SELECT to_regclass('only_here') IS NOT NULL") is True
+        assert query(other.dsn, "SELECT to_regclass('only_here') IS NOT NULL") is False
+        other.stop("immediate")
+        assert query(own_server.dsn, "SELECT 6") == 6
+
+
+def test_external_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPOOL_TEST_DSN", raising=False)
+    assert external_dsn() is None
+    monkeypatch.setenv("PGPOOL_TEST_DSN", "  ")
+    assert external_dsn() is None
+    monkeypatch.setenv("PGPOOL_TEST_DSN", "host=127.0.0.1 port=5432 dbname=postgres")
+    assert external_dsn() == "host=127.0.0.1 port=5432 dbname=postgres"
+
+
+def test_missing_binaries_give_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import testing.postgresql as testing_postgresql
+
+    def not_found(name: str, subdirs: list[str]) -> str:
+        raise RuntimeError(f"command not found: {name}")
+
+    monkeypatch.setattr(harness.shutil, "which", lambda name: None)
+    monkeypatch.setattr(testing_postgresql, "find_program", not_found)
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # makes `import pgserver` fail
+    with pytest.raises(PostgresNotFound) as info:
+        PostgresServer()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "apt-get install postgresql" in message
+    assert "PGPOOL_TEST_DSN" in message
+
+
+def test_shared_fixtures(pg_server: Any, pg_dsn: str, admin_conn: Any) -> None:
+    assert pg_server.dsn == pg_dsn
+    assert pg_server.server_version in pg_server.description
+    assert query(pg_dsn, "SELECT 7") == 7
+    assert admin_conn.autocommit
+    with admin_conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] in backend_pids(pg_dsn)
+
+
+def test_backend_helpers(pg_dsn: str) -> None:
+    before = backend_count(pg_dsn)
+    conns = [psycopg2.connect(pg_dsn) for _ in range(3)]
+    try:
+        pids = [conn.get_backend_pid() for conn in conns]
+        assert backend_count(pg_dsn) == before + 3
+        assert set(pids) <= set(backend_pids(pg_dsn))
+        assert terminate_backends(pg_dsn, pids[:2]) == 2
+        assert not set(pids[:2]) & set(backend_pids(pg_dsn))
+        assert backend_count(pg_dsn) == before + 1
+        with pytest.raises(psycopg2.OperationalError), conns[0].cursor() as cur:
+            cur.execute("SELECT 1")
+    finally:
+        for conn in conns:
+            conn.close()
+    assert backend_count(pg_dsn) == before
+
+
+# -- cleanup when the owning process ends ------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from pgpool_compat.testing import PostgresServer
+    server = PostgresServer()
+    print(server.data_dir, server.dsn, sep="|", flush=True)
+    how = sys.argv[1]
+    if how == "fork":
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)  # runs atexit in the child: must leave the parent's server alone
+        os.waitpid(child, 0)
+        import psycopg2
+        psycopg2.connect(server.dsn).close()
+        print("parent server alive", flush=True)
+    elif how == "wait":
+        time.sleep(60)
+    else:  # "exit": once told, fall off the end without cleanup(); atexit must do it
+        sys.stdin.readline()
+    """
+)
+
+
+def run_child(how: str) -> tuple[subprocess.Popen[str], Path, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    data_dir, dsn = process.stdout.readline().strip().split("|")
+    assert query(dsn, "SELECT 1") == 1
+    return process, Path(data_dir), dsn
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C
+def test_owner_killed_cleans_up(signum: int) -> None:
+    process, data_dir, dsn = run_child("wait")
+    process.send_signal(signum)
+    # Python dies of the signal either way (KeyboardInterrupt re-raises SIGINT at exit).
+    assert process.wait(30) == -signum
+    assert not data_dir.exists()
+    assert refuses(dsn)
+
+
+def test_owner_exit_without_cleanup_uses_atexit() -> None:
+    process, data_dir, dsn = run_child("exit")
+    process.communicate("go\n", timeout=30)
+    assert process.returncode == 0
+    assert not data_dir.exists()
+    assert refuses(dsn)
+
+
+def test_forked_child_exit_leaves_parent_server_alone() -> None:
+    process, data_dir, _ = run_child("fork")
+    out, _ = process.communicate(timeout=30)
+    assert "parent server alive" in out
+    assert process.returncode == 0
+    assert not data_dir.exists()

@@ -238,12 +238,20 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[ConnT]:
-        """``async with pool.connection() as conn:`` borrows and always gives back."""
+        """``async with pool.connection() as conn:`` borrows and always gives back.
+
+        As in the sync pools, leaving the block after ``close_all()`` is quiet: the
+        connection was closed with the pool.
+        """
         conn = await self.acquire()
         try:
             yield conn
         finally:
-            await self.release(conn)
+            try:
+                await self.release(conn)
+            except PoolError:
+                if not self._closed:
+                    raise  # a closed pool already closed the connection: nothing to return
 
     async def close_all(self) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent.
@@ -267,8 +275,9 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._discard(record)
         for task in list(self._connecting):
             task.cancel()
-        pending = list(self._connecting) + list(self._background)
-        if pending:
+        # Repeat: a caller that wakes up to a closed pool may start one more async releaser.
+        while self._connecting or self._background:
+            pending = list(self._connecting) + list(self._background)
             await asyncio.gather(*pending, return_exceptions=True)
         logger.debug("async pool closed: %d connections closed", len(records))
 
@@ -340,10 +349,12 @@ class AsyncConnectionPool(Generic[ConnT]):
         finally:
             self._stats.requests_wait_ms += (time.monotonic() - started) * 1000.0
         if not waiter.done():
+            waiting = len(self._waiters)
             self._abandon(waiter)
             waited = time.monotonic() - started
-            logger.warning("async pool exhausted: no connection within %.3g s", waited)
-            raise PoolTimeoutError(exhausted_message(waited, len(self._waiters)))
+            logger.info("async pool: checkout timed out after %.3f s", waited)
+            limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
+            raise PoolTimeoutError(exhausted_message(waited, limits, waiting))
         result: Union[ConnRecord, _SlotGrant] = waiter.result()
         return result
 

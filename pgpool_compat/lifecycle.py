@@ -41,11 +41,16 @@ def idle_too_long(
     return max_idle is not None and now - record.idle_since > max_idle and open_count > min_size
 
 
-def exhausted_message(waited: float, waiting: int) -> str:
-    """The timeout message; it starts with psycopg2.pool's words so ``"exhausted" in`` works."""
+def exhausted_message(waited: float, limits: str, waiting: int) -> str:
+    """The timeout message, in the sync engine's words.
+
+    It starts with psycopg2.pool's ``connection pool exhausted`` so ``"exhausted" in``
+    tests keep working; ``limits`` names the settings, e.g. ``"timeout=2, max_size=5"``;
+    ``waiting`` counts the callers still queued, the one giving up included.
+    """
     return (
-        f"connection pool exhausted: no connection became available within {waited:.3g} s "
-        f"({waiting} other request(s) waiting)"
+        f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
+        f"({limits}, {waiting} waiting)"
     )
 
 

@@ -1,0 +1,161 @@
+"""Network faults through a TCP proxy the test controls (tests/faults/proxy.py): connections
+cut, stalled (old connections silently dead, new ones fine) and blackholed (nothing answers).
+
+A cut connection is never handed out; with ``pool_check="ping"`` a stalled one is detected
+within ``pool_check_timeout``; ``getconn`` never waits past ``pool_timeout``; a connect to a
+blackholed server gives up after ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, List
+
+import psycopg2
+import pytest
+
+from .proxy import Proxy
+from .support import Outcome, bounded_query, make_pool, slots_in_use, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+#: libpq's smallest connect_timeout (1 is read as 2).
+CONNECT_TIMEOUT = 2
+
+
+def proxied(proxy: Proxy, pg_dsn: str) -> str:
+    return f"{proxy.dsn(pg_dsn)} connect_timeout={CONNECT_TIMEOUT}"
+
+
+def fill_idle(pool: Any, count: int) -> List[Any]:
+    conns = [pool.getconn() for _ in range(count)]
+    for conn in conns:
+        assert bounded_query(conn).ok
+        pool.putconn(conn)
+    return conns
+
+
+def test_cut(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """Connections reset by the network (both sides closed) are never handed out."""
+    size = 2
+    pool = make_pool(impl, size, size, proxied(proxy, pg_dsn))
+    try:
+        fill_idle(pool, size)
+        proxy.cut()
+        assert wait_until(lambda: proxy.open_pairs == 0, 2)
+        proxy.pass_through()
+        handed = [pool.getconn() for _ in range(size)]
+        dead = sum(not bounded_query(conn).ok for conn in handed)
+        for conn in handed:
+            pool.putconn(conn)
+        record("network-cut", "Network cut: both sides of idle connections closed",
+               {"dead connections handed out": f"{dead} of {size}"})
+        assert dead == (size if impl == "stock" else 0)
+        assert slots_in_use(pool) == 0
+    finally:
+        pool.closeall()
+
+
+def test_stall_detected_by_ping(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """An idle connection whose packets silently vanish (the socket probe cannot see that) is
+    caught by ``pool_check="ping"`` within ``pool_check_timeout``; a fresh one is handed out."""
+    check_timeout = 0.5
+    pool = make_pool(impl, 1, 2, proxied(proxy, pg_dsn), pool_check="ping",
+                     pool_ping_after=0.1, pool_check_timeout=check_timeout)
+    try:
+        fill_idle(pool, 1)
+        time.sleep(0.2)  # idle longer than pool_ping_after
+        proxy.stall()
+        started = time.monotonic()
+        conn = pool.getconn()
+        got_after = time.monotonic() - started
+        outcome: Outcome = bounded_query(conn, timeout=3)
+        pool.putconn(conn, close=not outcome.ok)
+        record(
+            "network-stall-ping",
+            "Network stall (silent loss) of an idle connection, pool_check='ping', "
+            "pool_check_timeout=0.5",
+            {"getconn took (s)": got_after,
+             "first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
+             + (" (cut off by the test)" if outcome.status == "hung" else "")},
+        )
+        if impl == "stock":
+            assert outcome.status == "hung"
+        else:
+            assert outcome.ok
+            assert got_after < check_timeout + 0.5
+        assert slots_in_use(pool) == 0
+    finally:
+        proxy.pass_through()
+        pool.closeall()
+
+
+def test_wait_bounded_when_blackholed(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """The only connection hangs on a blackholed network; another thread's ``getconn`` gives up
+    after ``pool_timeout``, not when the network comes back."""
+    wait = 0.5
+    pool = make_pool(impl, 1, 1, proxied(proxy, pg_dsn), pool_timeout=wait)
+    holder_result: List[Outcome] = []
+    try:
+        conn = pool.getconn()
+        proxy.blackhole()
+        holder = threading.Thread(
+            target=lambda: holder_result.append(bounded_query(conn, timeout=2)), daemon=True
+        )
+        holder.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg2.pool.PoolError) as caught:
+            pool.getconn()
+        waited = time.monotonic() - started
+        holder.join(5)
+        assert holder_result and holder_result[0].status == "hung"
+        pool.putconn(conn)
+        record(
+            "network-blackhole-wait",
+            "Blackholed network, pool at maxconn, getconn from another thread "
+            "(pool_timeout=0.5)",
+            {"getconn gave up after (s)": waited,
+             "error": str(caught.value).splitlines()[0]},
+        )
+        assert str(caught.value).startswith("connection pool exhausted")
+        if impl == "pgpool_compat":
+            import pgpool_compat
+
+            assert isinstance(caught.value, pgpool_compat.PoolTimeout)
+            assert wait - 0.05 <= waited <= wait + 0.3
+        assert slots_in_use(pool) == 0
+    finally:
+        proxy.pass_through()
+        pool.closeall()
+
+
+def test_connect_timeout_blackholed(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """A new connection to a server that accepts and never answers fails after
+    ``connect_timeout``, and the failed connect leaves no slot taken."""
+    pool = make_pool(impl, 0, 2, proxied(proxy, pg_dsn))
+    try:
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError) as caught:
+            pool.getconn()
+        failed_after = time.monotonic() - started
+        leaked = slots_in_use(pool)
+        proxy.pass_through()
+        conn = pool.getconn()
+        recovered = bounded_query(conn).ok
+        pool.putconn(conn)
+        measured = {"connect failed after (s)": failed_after,
+                    "error": str(caught.value).strip().splitlines()[-1],
+                    "slots leaked": leaked}
+        if impl == "pgpool_compat":
+            measured["connections_errors (stats)"] = pool.get_stats()["connections_errors"]
+        record("network-blackhole-connect",
+               f"Connect to a blackholed server (connect_timeout={CONNECT_TIMEOUT})", measured)
+        assert CONNECT_TIMEOUT - 0.2 <= failed_after <= CONNECT_TIMEOUT + 1.5
+        assert leaked == 0 and recovered
+        if impl == "pgpool_compat":
+            assert measured["connections_errors (stats)"] == 1
+    finally:
+        proxy.pass_through()
+        pool.closeall()

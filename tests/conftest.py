@@ -65,6 +65,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [_shared_server().description]
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Repeat the server line at the end, where it survives ``-q`` and long logs."""
+    if _shared is not None:
+        terminalreporter.write_line(f"tested against {_shared.description}")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if isinstance(_shared, PostgresServer):
         _shared.cleanup()

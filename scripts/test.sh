@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh machine: one command that does its own set-up.
+#
+#   bash scripts/test.sh [pytest arguments...]
+#
+# Creates .venv, installs the package with its test extra, makes sure a PostgreSQL server is
+# available (local binaries, the pgserver wheel, or PGPOOL_TEST_DSN) and PgBouncer (Debian
+# package, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'scripts/test.sh: %s\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        if is_root && command -v apt-get >/dev/null; then
+            apt_install python3-venv
+            "$PYTHON" -m venv .venv
+        else
+            say "cannot create a virtualenv: install python3-venv (apt-get install python3-venv)"
+            exit 1
+        fi
+    fi
+fi
+VPY=.venv/bin/python
+# Old pips (Python 3.9's bundled one) cannot install a pyproject-only project in editable mode.
+"$VPY" -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
+"$VPY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# queries pins the psycopg2 source distribution; its API is all the manager tests need.
+"$VPY" -m pip install -q --disable-pip-version-check --no-deps queries
+
+# A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries.
+if [ -z "${PGPOOL_TEST_DSN:-}" ] && ! "$VPY" -c 'from pgpool_compat.testing import _bin_dir; _bin_dir()' 2>/dev/null; then
+    if is_root && command -v apt-get >/dev/null; then
+        say "no PostgreSQL server binaries: installing the Debian package postgresql"
+        apt_install postgresql
+    else
+        say "no PostgreSQL server binaries: installing the pgserver wheel (bundles PostgreSQL)"
+        "$VPY" -m pip install -q --disable-pip-version-check pgserver
+    fi
+fi
+
+# PgBouncer for the transaction-pooling tests.
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+    if is_root && command -v apt-get >/dev/null; then
+        say "installing the Debian package pgbouncer"
+        apt_install pgbouncer
+    else
+        say "pgbouncer not found: the PgBouncer tests need it (as root: apt-get install pgbouncer)"
+    fi
+fi
+
+status=0
+"$VPY" -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    say "pytest collected no tests: that is a failure"
+fi
+exit "$status"

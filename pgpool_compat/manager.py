@@ -575,10 +575,6 @@ class Pool:
             if connection.closed and not connection._held():
                 self.remove(connection.handle)
 
-    def _in_demand(self) -> bool:
-        """Whether a ``PoolManager.connection`` caller is connecting or waiting here."""
-        return bool(self._reserved or self._waiters)
-
     def _shutdown(self, deadline: float) -> List[int]:
         """Take every non-executing connection off the books and close it; return the ids
         of those left open (executing, or still closing at ``deadline``)."""
@@ -895,9 +891,9 @@ class PoolManager:
 
     @classmethod
     def _maybe_remove_pool(cls, pid: str) -> None:
-        """Remove pool ``pid`` when it has no connection and nobody is filling it."""
-        pool = cls._pools[pid]
-        if not len(pool) and not (isinstance(pool, Pool) and pool._in_demand()):
+        """Remove pool ``pid`` when it has no connection. A ``connection()`` call still
+        connecting or waiting for it notices and starts over on a new pool."""
+        if not len(cls._pools[pid]):
             del cls._pools[pid]
 
     @classmethod

@@ -32,16 +32,16 @@ class ConnRecord:
         "checkout_stack",
         "conn",
         "created_at",
-        "defaults",
         "expires_at",
         "idle_since",
         "last_good",
         "leak_reported",
+        "state",
     )
 
-    def __init__(self, conn: Any, defaults: Any, now: float, lifetime: Optional[float]) -> None:
+    def __init__(self, conn: Any, state: Any, now: float, lifetime: Optional[float]) -> None:
         self.conn = conn
-        self.defaults = defaults  # what the driver's ``prepare`` returned: restored on reset
+        self.state = state  # what the driver's ``prepare`` returned, passed back to it
         self.created_at = now
         self.expires_at = jittered_deadline(now, lifetime)
         self.idle_since = now
@@ -53,14 +53,8 @@ class ConnRecord:
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
-    def mark_checked_out(self, now: float, capture_stack: bool) -> None:
-        self.checked_out_at = now
+    def capture_stack(self) -> None:
+        """Remember who checked the connection out, for the leak warning."""
         self.leak_reported = False
-        # Skip the pool's own frames: the stack a user wants is their caller's.
-        self.checkout_stack = traceback.format_stack()[:-3] if capture_stack else None
-
-    def mark_returned(self, now: float) -> float:
-        """Note the return; give how long it was out, in milliseconds."""
-        self.idle_since = now
-        self.last_good = now
-        return (now - self.checked_out_at) * 1000.0
+        # Drop the pool's own frames: the stack a user wants ends in their code.
+        self.checkout_stack = traceback.format_stack()[:-3]

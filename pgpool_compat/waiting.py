@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
 from typing import Any, Deque, Hashable, Optional
 
 __all__ = ["WaitQueue", "Waiter"]
@@ -41,37 +40,25 @@ class Waiter:
         return self._wake.acquire(timeout=max(0.0, deadline - time.monotonic()))
 
 
-class WaitQueue:
-    """The pool's waiters, oldest first. Every method runs under the pool's lock."""
+class WaitQueue(Deque[Waiter]):
+    """The pool's waiters, oldest first; a deque, so emptiness and ``popleft`` cost nothing.
 
-    __slots__ = ("_waiters",)
-
-    def __init__(self) -> None:
-        self._waiters: Deque[Waiter] = deque()
-
-    def __len__(self) -> int:
-        return len(self._waiters)
+    Every method runs under the pool's lock.
+    """
 
     def enqueue(self, key: Hashable) -> Waiter:
         waiter = Waiter(key)
-        self._waiters.append(waiter)
+        self.append(waiter)
         return waiter
-
-    def pop_oldest(self) -> Optional[Waiter]:
-        return self._waiters.popleft() if self._waiters else None
 
     def discard(self, waiter: Waiter) -> None:
         """Forget a waiter that gave up; a no-op when it was served in the meantime."""
         with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
+            self.remove(waiter)
 
     def fail_all(self, error: BaseException) -> None:
         """Wake every waiter with ``error`` (the pool is closing)."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self:
+            waiter = self.popleft()
             waiter.error = error
             waiter.wake()
-
-    def clear(self) -> None:
-        """Forget every waiter without waking anyone: their threads did not survive a fork."""
-        self._waiters.clear()

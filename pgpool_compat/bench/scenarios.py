@@ -1,0 +1,440 @@
+"""The bench scenarios: what one sample of one pool measures.
+
+A sample is a flat dict of numbers. Every scenario reports ``ops_per_s``, ``p50_us``,
+``p99_us``, ``errors`` and ``connections_opened`` (during the measured phase, after warm-up);
+some add their own keys. The runner repeats samples, interleaving pools, and keeps medians.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .adapters import BenchPool, run_select_one
+
+__all__ = [
+    "SCENARIO_NAMES",
+    "Sample",
+    "Scenario",
+    "Settings",
+    "checkout",
+    "make_scenarios",
+    "percentile_us",
+]
+
+Sample = Dict[str, Optional[float]]
+
+SCENARIO_NAMES: Tuple[str, ...] = ("overhead", "query", "contention", "churn", "restart")
+
+#: How long a pool that cannot wait sleeps before retrying, as its users' loops do.
+RETRY_SLEEP_S = 0.001
+#: Past a phase's end, how long a thread may still try to check out before giving up.
+GIVE_UP_GRACE_S = 35.0
+#: Checkouts per timed chunk of the overhead scenario.
+OVERHEAD_CHUNK = 1000
+#: Upper bound on a restart sample: the server may come back slowly on a busy machine.
+RESTART_SAMPLE_LIMIT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of every scenario; ``quick`` and ``full`` are the two presets."""
+
+    rounds: int
+    overhead_rounds: int
+    overhead_ops: int
+    overhead_latency_ops: int
+    query_seconds: float
+    contention_seconds: float
+    contention_threads: int
+    churn_threads: int
+    churn_bursts: int
+    churn_ops_per_thread: int
+    churn_gap_s: float
+    restart_ops: int
+    contention_connections: int = 4
+    hold_s: float = 0.002
+
+    @classmethod
+    def full(cls, threads: Optional[int] = None) -> Settings:
+        return cls(
+            rounds=3,
+            overhead_rounds=5,
+            overhead_ops=20_000,
+            overhead_latency_ops=5_000,
+            query_seconds=1.0,
+            contention_seconds=2.0,
+            contention_threads=threads or 32,
+            churn_threads=threads or 16,
+            churn_bursts=10,
+            churn_ops_per_thread=10,
+            churn_gap_s=0.1,
+            restart_ops=100,
+        )
+
+    @classmethod
+    def quick(cls, threads: Optional[int] = None) -> Settings:
+        return cls(
+            rounds=1,
+            overhead_rounds=2,
+            overhead_ops=5_000,
+            overhead_latency_ops=1_000,
+            query_seconds=0.25,
+            contention_seconds=0.6,
+            contention_threads=threads or 32,
+            churn_threads=threads or 16,
+            churn_bursts=3,
+            churn_ops_per_thread=5,
+            churn_gap_s=0.03,
+            restart_ops=20,
+        )
+
+
+def percentile_us(sorted_ns: Sequence[int], fraction: float) -> Optional[float]:
+    """Nearest-rank percentile of sorted nanosecond durations, in microseconds."""
+    if not sorted_ns:
+        return None
+    rank = max(1, math.ceil(fraction * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1000.0
+
+
+def _latency_keys(durations_ns: List[int]) -> Sample:
+    durations_ns.sort()
+    return {
+        "p50_us": percentile_us(durations_ns, 0.50),
+        "p99_us": percentile_us(durations_ns, 0.99),
+    }
+
+
+def checkout(pool: BenchPool, give_up_at: float) -> Tuple[Optional[Any], int]:
+    """Check out as the pool's users do: wait if it can, else sleep 1 ms and retry.
+
+    Returns the connection (None once ``give_up_at`` has passed) and how many attempts raised
+    the pool's "exhausted" (or timeout) error.
+    """
+    failures = 0
+    while True:
+        try:
+            return pool.acquire(), failures
+        except pool.exhausted:
+            failures += 1
+            if time.monotonic() >= give_up_at:
+                return None, failures
+            if not pool.waits:
+                time.sleep(RETRY_SLEEP_S)
+
+
+class Scenario:
+    """One scenario; ``measure`` runs one sample on a freshly opened pool."""
+
+    name = ""
+    description = ""
+    minconn = 1
+    maxconn = 4
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def rounds(self) -> int:
+        return self.settings.rounds
+
+    def measure(self, pool: BenchPool) -> Sample:
+        raise NotImplementedError
+
+
+class Overhead(Scenario):
+    name = "overhead"
+    description = "checkout + checkin, no query, 1 thread: the pool's own cost"
+
+    @property
+    def rounds(self) -> int:
+        return self.settings.overhead_rounds
+
+    def measure(self, pool: BenchPool) -> Sample:
+        acquire, release = pool.acquire, pool.release
+        release(acquire())
+        opened_before = pool.opened()
+        gc.collect()
+        # Throughput from loops timed per chunk, not per operation: timer calls would blur the
+        # ratios. The best chunk shows the cost with the least interference from other load.
+        chunks = max(1, self.settings.overhead_ops // OVERHEAD_CHUNK)
+        chunk_ns: List[int] = []
+        for _ in range(chunks):
+            started = time.perf_counter_ns()
+            for _ in range(OVERHEAD_CHUNK):
+                release(acquire())
+            chunk_ns.append(time.perf_counter_ns() - started)
+        ops, elapsed_ns = chunks * OVERHEAD_CHUNK, sum(chunk_ns)
+        # Latencies from a second, per-operation timed loop (includes ~0.05 us of timer).
+        clock = time.perf_counter_ns
+        durations = [0] * self.settings.overhead_latency_ops
+        for index in range(len(durations)):
+            began = clock()
+            release(acquire())
+            durations[index] = clock() - began
+        return {
+            "ops_per_s": ops * 1e9 / elapsed_ns,
+            "ns_per_op": elapsed_ns / ops,
+            "best_ns_per_op": min(chunk_ns) / OVERHEAD_CHUNK,
+            "errors": 0,
+            "connections_opened": pool.opened() - opened_before,
+            **_latency_keys(durations),
+        }
+
+
+class Query(Scenario):
+    name = "query"
+    description = "checkout + SELECT 1 + commit + checkin, 1 thread; the held row is the limit"
+
+    def measure(self, pool: BenchPool) -> Sample:
+        acquire, release = pool.acquire, pool.release
+        conn = acquire()
+        run_select_one(conn)
+        release(conn)
+        opened_before = pool.opened()
+        clock = time.perf_counter_ns
+        durations: List[int] = []
+        started = clock()
+        end = started + int(self.settings.query_seconds * 1e9)
+        while True:
+            began = clock()
+            if began >= end:
+                break
+            conn = acquire()
+            try:
+                run_select_one(conn)
+            finally:
+                release(conn)
+            durations.append(clock() - began)
+        elapsed_ns = clock() - started
+        return {
+            "ops_per_s": len(durations) * 1e9 / elapsed_ns,
+            "errors": 0,
+            "connections_opened": pool.opened() - opened_before,
+            **_latency_keys(durations),
+        }
+
+
+def _run_threads(count: int, target: Callable[[int], None], limit_s: float) -> float:
+    """Run ``target(index)`` on ``count`` daemon threads released together; return seconds.
+
+    A worker's exception is re-raised here; a worker still running after ``limit_s`` is an
+    error too (its pool hung), never a silent wait.
+    """
+    barrier = threading.Barrier(count + 1)
+    failures: List[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=30.0)
+            target(index)
+        except BaseException as exc:  # reported by the caller, not lost in a thread
+            failures.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(index,), name=f"bench-{index}", daemon=True)
+        for index in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=30.0)
+    started = time.monotonic()
+    deadline = started + limit_s
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    elapsed = time.monotonic() - started
+    if any(thread.is_alive() for thread in threads):
+        raise RuntimeError(f"bench threads still running after {limit_s:.0f} s")
+    if failures:
+        raise failures[0]
+    return elapsed
+
+
+class Contention(Scenario):
+    name = "contention"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.minconn = self.maxconn = settings.contention_connections
+        self.description = (
+            f"{settings.contention_threads} threads on {self.maxconn} connections, each holding"
+            f" one {settings.hold_s * 1000:g} ms; p50/p99 are the checkout wait"
+        )
+
+    def measure(self, pool: BenchPool) -> Sample:
+        settings = self.settings
+        threads = settings.contention_threads
+        waits: List[List[int]] = [[] for _ in range(threads)]
+        holds: List[List[int]] = [[] for _ in range(threads)]
+        failures = [0] * threads
+        served = [0] * threads
+        opened_before = pool.opened()
+        end = time.monotonic() + settings.contention_seconds + 0.05
+
+        def work(index: int) -> None:
+            clock, release, hold = time.perf_counter_ns, pool.release, settings.hold_s
+            while time.monotonic() < end:
+                began = clock()
+                conn, failed = checkout(pool, end)
+                failures[index] += failed
+                got = clock()
+                if conn is None:
+                    # Never served before the end: that wait counts too, or starving is hidden.
+                    waits[index].append(got - began)
+                    return
+                time.sleep(hold)
+                held = clock()
+                release(conn)
+                waits[index].append(got - began)
+                holds[index].append(held - got)
+                served[index] += 1
+
+        elapsed = _run_threads(threads, work, settings.contention_seconds + 2 * GIVE_UP_GRACE_S)
+        counts = served
+        all_waits = sorted(wait for per_thread in waits for wait in per_thread)
+        all_holds = [hold for per_thread in holds for hold in per_thread]
+        mean_hold_ns = sum(all_holds) / len(all_holds) if all_holds else 0.0
+        # With first-come-first-served hand-off every thread waits for the others ahead of it.
+        ideal_wait_ms = mean_hold_ns * max(0.0, threads / self.maxconn - 1) / 1e6
+        p99_wait_us = percentile_us(all_waits, 0.99)
+        p99_wait_ms = None if p99_wait_us is None else p99_wait_us / 1000.0
+        return {
+            "ops_per_s": sum(counts) / elapsed,
+            "errors": sum(failures),
+            "connections_opened": pool.opened() - opened_before,
+            "p50_us": percentile_us(all_waits, 0.50),
+            "p99_us": p99_wait_us,
+            "fairness": (max(counts) / min(counts)) if min(counts) else math.inf,
+            "min_checkouts": min(counts),
+            "max_checkouts": max(counts),
+            "p99_wait_ms": p99_wait_ms,
+            "ideal_wait_ms": ideal_wait_ms,
+            "p99_wait_vs_ideal": (
+                p99_wait_ms / ideal_wait_ms if p99_wait_ms is not None and ideal_wait_ms else None
+            ),
+        }
+
+
+class Churn(Scenario):
+    name = "churn"
+    minconn = 1
+    maxconn = 16
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.description = (
+            f"bursts of {settings.churn_threads} threads (SELECT 1 each), then idle gaps;"
+            f" pools of 1..{self.maxconn}"
+        )
+
+    def measure(self, pool: BenchPool) -> Sample:
+        settings = self.settings
+        threads = settings.churn_threads
+        per_thread: List[List[int]] = [[] for _ in range(threads)]
+        failures = [0] * threads
+        opened_before = pool.opened()
+        busy_s = 0.0
+
+        def work(index: int) -> None:
+            clock = time.perf_counter_ns
+            for _ in range(settings.churn_ops_per_thread):
+                began = clock()
+                conn, failed = checkout(pool, time.monotonic() + GIVE_UP_GRACE_S)
+                failures[index] += failed
+                if conn is None:
+                    return
+                try:
+                    run_select_one(conn)
+                finally:
+                    pool.release(conn)
+                per_thread[index].append(clock() - began)
+
+        for _ in range(settings.churn_bursts):
+            busy_s += _run_threads(threads, work, 2 * GIVE_UP_GRACE_S)
+            time.sleep(settings.churn_gap_s)
+        durations = [duration for done in per_thread for duration in done]
+        opened = pool.opened() - opened_before
+        return {
+            "ops_per_s": len(durations) / busy_s,
+            "errors": sum(failures),
+            "connections_opened": opened,
+            "opened_per_1000": opened * 1000.0 / len(durations) if durations else None,
+            **_latency_keys(durations),
+        }
+
+
+class Restart(Scenario):
+    """The server restarts while every pool holds idle connections; then traffic resumes.
+
+    One restart serves all pools of a round: each pool is warmed (``maxconn`` connections
+    checked out at once and returned), the server restarts, and then each pool in turn runs
+    ``restart_ops`` good queries. ``dead_after_restart`` counts connections handed out whose
+    query failed; ``first_good_ms`` is the time from resuming to the first query that worked.
+    """
+
+    name = "restart"
+    description = "server restarted while pools are idle; then 1 thread resumes"
+    minconn = 4
+    maxconn = 4
+
+    def warm(self, pool: BenchPool) -> None:
+        conns = [pool.acquire() for _ in range(self.maxconn)]
+        try:
+            for conn in conns:
+                run_select_one(conn)
+        finally:
+            for conn in conns:
+                pool.release(conn)
+
+    def measure(self, pool: BenchPool) -> Sample:
+        opened_before = pool.opened()
+        clock = time.perf_counter_ns
+        started = time.monotonic()
+        give_up_at = started + RESTART_SAMPLE_LIMIT_S
+        durations: List[int] = []
+        dead = failures = 0
+        first_good_s: Optional[float] = None
+        while len(durations) < self.settings.restart_ops and time.monotonic() < give_up_at:
+            began = clock()
+            # Every pool fails in its own way here (connect errors, driver errors, its own
+            # wrappers); the sample counts them all rather than guessing each type.
+            try:
+                conn = pool.acquire()
+            except Exception:
+                failures += 1
+                time.sleep(0.005)
+                continue
+            good = True
+            try:
+                run_select_one(conn)
+            except Exception:
+                good = False
+                dead += 1
+            try:
+                pool.release(conn)
+            except Exception:
+                failures += 1
+            if good:
+                durations.append(clock() - began)
+                if first_good_s is None:
+                    first_good_s = time.monotonic() - started
+        elapsed = time.monotonic() - started
+        return {
+            "ops_per_s": len(durations) / elapsed,
+            "errors": dead + failures,
+            "connections_opened": pool.opened() - opened_before,
+            "dead_after_restart": dead,
+            "first_good_ms": None if first_good_s is None else first_good_s * 1000.0,
+            **_latency_keys(durations),
+        }
+
+
+def make_scenarios(names: Sequence[str], settings: Settings) -> List[Scenario]:
+    """The scenarios named, in the canonical order."""
+    kinds = {kind.name: kind for kind in (Overhead, Query, Contention, Churn, Restart)}
+    return [kinds[name](settings) for name in SCENARIO_NAMES if name in names]

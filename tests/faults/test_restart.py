@@ -90,7 +90,7 @@ def worker(pool: Any, book: LoadBook, stop: threading.Event, hold: float) -> Non
             with book.lock:
                 if started >= book.up_at:
                     errors = book.errors_after_up
-                elif started >= book.down_at:
+                elif failed >= book.down_at:  # failed because of the stop, or while down
                     errors = book.errors_while_down
                     book.slowest_error_while_down = max(
                         book.slowest_error_while_down, failed - started
@@ -172,6 +172,15 @@ def run_restart_under_load(
     }
 
 
+LOST = "connections_lost + returns_bad (stats)"
+
+
+def lost_stats(pool: Any) -> Dict[str, Any]:
+    """Dead connections the pool counted: found dead while idle, or broken on return."""
+    stats = pool.get_stats()
+    return {LOST: stats["connections_lost"] + stats["returns_bad"]}
+
+
 def describe_errors(counts: Dict[str, int]) -> str:
     return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "none"
 
@@ -198,12 +207,12 @@ def test_restart_under_load(impl: str, record: Any, own_server: PostgresServer) 
     try:
         measured = run_restart_under_load(pool, own_server, threads=maxconn, maxconn=maxconn)
         if impl == "pgpool_compat":
-            measured["connections_lost (stats)"] = pool.get_stats()["connections_lost"]
+            measured.update(lost_stats(pool))
         record("restart-load", "Server restart (fast) under load, 4 threads, defaults",
                publish(measured))
         if impl == "pgpool_compat":
             check_recovered(measured, maxconn, slowest_allowed=1.0)
-            assert measured["connections_lost (stats)"] >= 1
+            assert measured[LOST] >= 1
     finally:
         pool.closeall()
 
@@ -216,10 +225,12 @@ def test_restart_under_load_waiting(impl: str, record: Any, own_server: Postgres
     pool = make_pool(impl, 2, maxconn, own_server.dsn, pool_timeout=timeout)
     try:
         measured = run_restart_under_load(pool, own_server, threads=6, maxconn=maxconn)
+        measured.update(lost_stats(pool))
         record("restart-load-waiting",
                "Server restart (fast) under load, 6 threads on 4 connections, pool_timeout=2",
                publish(measured))
         check_recovered(measured, maxconn, slowest_allowed=timeout + 0.5)
+        assert measured[LOST] >= 1
         assert pool.get_stats()["requests_waiting"] == 0
     finally:
         pool.closeall()

@@ -533,7 +533,7 @@ def test_close_all_wakes_waiters_with_a_clear_error() -> None:
         await settle()
         await pool.close_all()
         for waiter in waiters:
-            with pytest.raises(PoolError, match="^connection pool is closed$"):
+            with pytest.raises(PoolError, match=r"^connection pool is closed$"):
                 await waiter
         assert held.closed and pool.pool_size == 0
         with pytest.raises(PoolError, match="closed"):
@@ -758,9 +758,8 @@ def test_sync_factory_and_hooks_work_too() -> None:
             check=lambda conn: True,
             reset=lambda conn: None,
         )
-        async with pool:
-            async with pool.connection() as conn:
-                assert conn in (0, 1)
+        async with pool, pool.connection() as conn:
+            assert conn in (0, 1)
         assert sorted(closed) == [0, 1]
 
     run(body)

@@ -773,16 +773,20 @@ class PoolManager:
         executing ones and ones that would not close in time. An empty dict: all closed.
         """
         deadline = time.monotonic() + timeout
-        cls.stop_cleaner(timeout)
-        if not cls._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        if not cls._lock.acquire(timeout=timeout):
+            if cls._cleaner is not None:
+                cls._cleaner.stopping.set()
             logger.error("PoolManager.shutdown: lock not available within %.3g s; "
                          "nothing closed", timeout)
             return {pid: len(pool) for pid, pool in list(cls._pools.items())}
         try:
             pools = list(cls._pools.items())
             cls._pools.clear()
+            cleaner, cls._cleaner = cls._cleaner, None
         finally:
             cls._lock.release()
+        if cleaner is not None:
+            _stop(cleaner, max(0.0, deadline - time.monotonic()))
         report: Dict[str, int] = {}
         for pid, pool in pools:
             left = pool._shutdown(deadline)

@@ -1,0 +1,217 @@
+"""``python -m pgpool_compat bench``: arguments, JSON shape, clean-up, a real --quick run.
+
+The runs use a real PostgreSQL: the shared test server for ``--dsn`` runs, and the bench's own
+throwaway server for the smoke and interrupt runs (which is what a new user gets).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from pgpool_compat.__main__ import main as package_main
+from pgpool_compat.bench import cli
+from pgpool_compat.bench.report import format_table, to_json
+from pgpool_compat.bench.runner import Outcome, Row, ScenarioResult, median_sample
+from pgpool_compat.bench.scenarios import SCENARIO_NAMES, percentile_us
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_KEYS = {"pool", "ops_per_s", "p50_us", "p99_us", "errors", "connections_opened"}
+STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)")
+
+
+def _bench_process(*args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("PGPOOL_TEST_DSN", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgpool_compat", "bench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- arguments ----------------------------------------------------------------------------
+
+
+def test_unknown_scenario_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--scenario", "overhead", "warp"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown scenario 'warp'" in error
+    assert all(name in error for name in SCENARIO_NAMES)
+
+
+@pytest.mark.parametrize("threads", ["0", "-3", "many", "2.5", "100000"])
+def test_bad_thread_counts_are_rejected(threads: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--threads", threads])
+    assert exit_info.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_defaults_and_valid_arguments() -> None:
+    args = cli.parse_args([])
+    assert args.chosen == list(SCENARIO_NAMES)
+    assert args.threads is None and not args.quick and args.dsn is None
+    args = cli.parse_args(["--scenario", "churn", "--scenario", "overhead", "--threads", "8"])
+    assert args.chosen == ["overhead", "churn"]  # canonical order, repeats merged
+    assert args.threads == 8
+
+
+def test_dsn_skips_restart_and_refuses_it_explicitly(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.parse_args(["--dsn", "host=db.invalid"])
+    assert "restart" not in args.chosen
+    assert args.chosen == [name for name in SCENARIO_NAMES if name != "restart"]
+    assert any("restart" in note for note in args.skipped)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--dsn", "host=db.invalid", "--scenario", "restart"])
+    assert exit_info.value.code == 2
+    assert "throwaway" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "plot_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--plot", "chart.png"])
+    assert exit_info.value.code == 2
+    assert "pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
+
+
+def test_package_main_dispatches_only_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    assert package_main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert package_main([]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        package_main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--scenario" in capsys.readouterr().out
+
+
+# -- numbers and report -------------------------------------------------------------------
+
+
+def test_percentiles_and_medians() -> None:
+    durations = list(range(1000, 101_000, 1000))  # 1..100 us
+    assert percentile_us(durations, 0.50) == 50.0
+    assert percentile_us(durations, 0.99) == 99.0
+    assert percentile_us([], 0.5) is None
+    merged = median_sample([{"a": 1.0, "b": None}, {"a": 3.0, "b": 2.0}, {"a": 2.0}])
+    assert merged == {"a": 2.0, "b": 2.0}
+
+
+def test_starved_thread_shows_in_table_and_is_null_in_json() -> None:
+    row = Row("stock", "psycopg2.pool x", {"ops_per_s": 10.0, "fairness": math.inf}, 1)
+    outcome = Outcome([ScenarioResult("contention", "test", [row])], ["a note"])
+    table = format_table(outcome)
+    assert "starved" in table and "note: a note" in table
+    document = json.loads(json.dumps(to_json(outcome, {}, {})))
+    result = document["scenarios"][0]["results"][0]
+    assert result["fairness"] is None and result["ops_per_s"] == 10
+
+
+# -- real runs ----------------------------------------------------------------------------
+
+
+def test_json_shape_against_a_given_server(pg_dsn: str, tmp_path: Path) -> None:
+    target = tmp_path / "bench.json"
+    out = io.StringIO()
+    code = cli.main(
+        ["--dsn", pg_dsn, "--quick", "--scenario", "overhead", "query", "--json", str(target)],
+        stdout=out,
+    )
+    assert code == 0
+    document = json.loads(target.read_text())
+    assert set(document) >= {"machine", "scenarios"}
+    assert document["machine"]["server"] == "--dsn"
+    assert pg_dsn not in target.read_text()  # the DSN (maybe with a password) never leaks
+    assert [scenario["name"] for scenario in document["scenarios"]] == ["overhead", "query"]
+    for scenario in document["scenarios"]:
+        results: List[Dict[str, Any]] = scenario["results"]
+        assert results, scenario
+        for result in results:
+            assert RESULT_KEYS <= set(result), result
+            assert result["ops_per_s"] > 0 and result["p50_us"] <= result["p99_us"]
+            assert result["errors"] == 0
+        stock = [r for r in results if r["pool"].startswith("psycopg2.pool ")]
+        assert len(stock) == 1 and stock[0]["vs_stock"] == 1
+        assert any(r["pool"].startswith("pgpool_compat ") for r in results)
+    assert "psycopg2.pool" in out.getvalue() and "vs stock" in out.getvalue()
+
+
+def test_quick_run_with_throwaway_server(tmp_path: Path) -> None:
+    """The README's first line: no server set up beforehand, table, JSON and chart."""
+    target, chart = tmp_path / "quick.json", tmp_path / "quick.png"
+    started = time.monotonic()
+    process = _bench_process("--quick", "--json", str(target), "--plot", str(chart))
+    stdout, stderr = process.communicate(timeout=85)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, stderr[-2000:]
+    # Target is under 30 s on an idle 2-core machine; leave room for a busy shared one.
+    assert elapsed < 60, f"--quick took {elapsed:.1f} s"
+    match = STARTED.search(stderr)
+    assert match, stderr
+    assert not Path(match.group(2)).exists()  # throwaway server removed
+    assert not _accepts(int(match.group(1)))
+    assert "\r[" not in stderr  # no progress bar when stderr is not a terminal
+    for name in SCENARIO_NAMES:
+        assert f"\n{name}: " in stdout
+    document = json.loads(target.read_text())
+    by_name = {scenario["name"]: scenario["results"] for scenario in document["scenarios"]}
+    assert list(by_name) == list(SCENARIO_NAMES)
+    contention = {r["key"]: r for r in by_name["contention"]}
+    assert {"stock", "pgpool", "pgpool_production"} <= set(contention)
+    assert contention["pgpool_production"]["errors"] == 0  # it waits, stock retries
+    assert contention["stock"]["errors"] > 0
+    restart = {r["key"]: r for r in by_name["restart"]}
+    assert restart["stock"]["dead_after_restart"] > 0  # stock hands out dead connections
+    assert restart["pgpool"]["dead_after_restart"] == 0  # the socket check catches them
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_removes_the_throwaway_server() -> None:
+    process = _bench_process("--quick", "--scenario", "contention", "churn")
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()  # the server is up once this line is out
+        match = STARTED.search(line)
+        assert match, line
+        port, data_dir = int(match.group(1)), Path(match.group(2))
+        assert data_dir.exists() and _accepts(port)
+        time.sleep(1.5)  # well inside the run
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, rest[-2000:]
+    assert "interrupted" in rest
+    assert not data_dir.parent.exists()
+    assert not _accepts(port)

@@ -185,9 +185,7 @@ class AbstractConnectionPool(_stock.AbstractConnectionPool):  # type: ignore[mis
         assert isinstance(pending, Waiter)
         return self._await_turn(pending)
 
-    def _putconn(
-        self, conn: Any = None, key: Optional[Hashable] = None, close: bool = False
-    ) -> None:
+    def _putconn(self, conn: Any, key: Optional[Hashable] = None, close: bool = False) -> None:
         """Put away a connection."""
         with self._lock:
             if self.closed:
@@ -754,17 +752,22 @@ class SimpleConnectionPool(AbstractConnectionPool, _stock.SimpleConnectionPool):
 class ThreadedConnectionPool(AbstractConnectionPool, _stock.ThreadedConnectionPool):  # type: ignore[misc]
     """A connection pool that works with the threading module.
 
-    The engine locks by itself, so the public methods are the underscored ones (one call
-    less on the hot path); a subclass that overrides an underscored method still has it
-    called by the public one, as in psycopg2.pool (see ``__init_subclass__``).
+    The engine locks by itself, so ``getconn`` and ``closeall`` are the underscored methods
+    (one call less on the hot path); a subclass that overrides an underscored method still
+    has it called by the public one, as in psycopg2.pool (see ``__init_subclass__``).
     """
 
     def __init__(self, minconn: Any, maxconn: Any, *args: Any, **kwargs: Any) -> None:
         AbstractConnectionPool.__init__(self, minconn, maxconn, *args, **kwargs)
 
     getconn = AbstractConnectionPool._getconn
-    putconn = AbstractConnectionPool._putconn
     closeall = AbstractConnectionPool._closeall
+
+    def putconn(
+        self, conn: Any = None, key: Optional[Hashable] = None, close: bool = False
+    ) -> None:
+        """Put away an unused connection."""
+        self._putconn(conn, key, close)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -774,7 +777,7 @@ class ThreadedConnectionPool(AbstractConnectionPool, _stock.ThreadedConnectionPo
                 setattr(cls, public, _delegate_to(private))
 
 
-_PUBLIC_TO_PRIVATE = (("getconn", "_getconn"), ("putconn", "_putconn"), ("closeall", "_closeall"))
+_PUBLIC_TO_PRIVATE = (("getconn", "_getconn"), ("closeall", "_closeall"))
 
 
 def _delegate_to(private: str) -> Any:

@@ -241,16 +241,20 @@ def _after_call(op: Op, outcome: Outcome, client: Client) -> None:
         client.borrowed.append(outcome[1])
 
 
-def run_sequence(pool_name: str, seed: int, dsn: str) -> None:
+def run_sequence(stock_cls: type, ours_cls: type, seed: int, dsn: str) -> None:
+    """Run sequence ``seed`` on a stock-based pool and on ours, failing at the first difference.
+
+    test_subclass.py runs it on subclasses too, so it takes the two classes.
+    """
     rng = random.Random(seed)
     minconn, maxconn = _sizes(rng)
     args, kwargs = _connect_args(rng, dsn)
     ctor = (minconn, maxconn, *args)
-    trace: List[str] = [f"{pool_name}{ctor!r} {kwargs!r}"]
-    stock = Side(getattr(psycopg2.pool, pool_name), dsn, ctor, kwargs)
+    trace: List[str] = [f"{ours_cls.__name__}{ctor!r} {kwargs!r}"]
+    stock = Side(stock_cls, dsn, ctor, kwargs)
     ours: Optional[Side] = None
     try:
-        ours = Side(getattr(pgpool_compat, pool_name), dsn, ctor, kwargs)
+        ours = Side(ours_cls, dsn, ctor, kwargs)
         assert ours.init_outcome == stock.init_outcome == ("ok", None), trace
         assert (ours.pool._args, ours.pool._kwargs) == (stock.pool._args, stock.pool._kwargs)
         _compare(stock, ours, trace, seed)
@@ -291,4 +295,4 @@ def _report(seed: int, trace: List[str], expected: Any, got: Any) -> str:
 @pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEQUENCES))
 @pytest.mark.parametrize("pool_name", ["SimpleConnectionPool", "ThreadedConnectionPool"])
 def test_random_sequence_matches_stock(pool_name: str, seed: int, pg_dsn: str) -> None:
-    run_sequence(pool_name, seed, pg_dsn)
+    run_sequence(getattr(psycopg2.pool, pool_name), getattr(pgpool_compat, pool_name), seed, pg_dsn)

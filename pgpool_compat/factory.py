@@ -122,14 +122,18 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
 
     @property
     def pool_size(self) -> int:
-        """Connections the pool holds: idle, borrowed, and being opened or reset."""
+        """Connections the pool holds: idle, borrowed, and being opened or reset.
+
+        0 once closed: psycopg2.pool's contract keeps the books after ``closeall()``, but
+        every connection in them is closed.
+        """
         with self._lock:
-            return self._open_count()
+            return 0 if self.closed else self._open_count()
 
     @property
     def idle_count(self) -> int:
-        """Connections ready to be handed out at once."""
-        return len(self._pool)
+        """Connections ready to be handed out at once (0 once closed)."""
+        return 0 if self.closed else len(self._pool)
 
     def acquire(self) -> ConnT:
         """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``)."""

@@ -83,6 +83,7 @@ class PoolSpec:
     open: Opener
     scenarios: Optional[FrozenSet[str]] = ALL_SCENARIOS
     is_stock: bool = False
+    is_limit: bool = False
 
     def runs_in(self, scenario: str) -> bool:
         return self.scenarios is None or scenario in self.scenarios
@@ -269,6 +270,7 @@ def available_pools() -> Tuple[List[PoolSpec], List[str]]:
             f"held connection (psycopg2 {psycopg2_version}, the limit)",
             _open_held,
             frozenset({"query"}),
+            is_limit=True,
         )
     )
     specs.append(PoolSpec("stock", f"psycopg2.pool {psycopg2_version}", _open_stock, is_stock=True))

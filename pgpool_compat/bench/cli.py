@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"scenarios to run (default: all): {', '.join(SCENARIO_NAMES)}",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="short run (under 30 s on 2 cores), one round"
+        "--quick",
+        action="store_true",
+        help="short run (under 30 s on 2 cores): fewer, shorter rounds",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a PNG chart (matplotlib)")
@@ -141,8 +143,9 @@ def _shown_command(argv: Sequence[str]) -> str:
 
 
 def describe_machine(
-    argv: Sequence[str], server_version: str, throwaway: bool, settings: Settings
+    argv: Sequence[str], server_version: str, throwaway: bool, quick: bool
 ) -> Dict[str, Any]:
+    """What ran where, for the table header and the JSON ``machine`` object (no DSN)."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     libpq = extensions.libpq_version()
     return {
@@ -157,7 +160,7 @@ def describe_machine(
         "libpq": f"{libpq // 10000}.{libpq % 10000}",
         "postgresql": server_version,
         "server": "throwaway, 127.0.0.1 (pgpool_compat.testing)" if throwaway else "--dsn",
-        "mode": "quick" if settings.rounds == 1 else "full",
+        "mode": "quick" if quick else "full",
         "production_options": dict(PRODUCTION_OPTIONS),
     }
 
@@ -201,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             dsn, version = server.dsn, server.server_version
         else:
             dsn, version = args.dsn, _server_version(args.dsn)
-        machine = describe_machine(argv, version, server is not None, settings)
+        machine = describe_machine(argv, version, server is not None, args.quick)
         outcome = run_bench(
             dsn,
             scenarios,
@@ -223,5 +226,5 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             json.dump(to_json(outcome, machine, asdict(settings)), target, indent=2)
             target.write("\n")
     if args.plot is not None:
-        write_plot(outcome, args.plot, " ".join(_header(machine)[:2]))
+        write_plot(outcome, args.plot, _header(machine)[:2])
     return 0

@@ -45,6 +45,7 @@ EXTRA_COLUMNS: Dict[str, List[Tuple[str, str, Formatter]]] = {
         ("ns/op", "ns_per_op", lambda value: f"{value:,.0f}"),
         ("best ns/op", "best_ns_per_op", lambda value: f"{value:,.0f}"),
     ],
+    "query": [("vs held", "vs_held", _times)],
     "contention": [
         ("max/min", "fairness", _ratio),
         ("p99 wait ms", "p99_wait_ms", _decimal),
@@ -138,32 +139,43 @@ def plot_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def write_plot(outcome: Outcome, path: str, title: str) -> None:
-    """A PNG with one horizontal bar chart of ops/s per scenario."""
+#: What each scenario's chart shows: (metric, axis label).
+PLOT_METRICS: Dict[str, Tuple[str, str]] = {
+    "overhead": ("ops_per_s", "checkouts + checkins per second (higher is better)"),
+    "query": ("ops_per_s", "SELECT 1 round trips per second (higher is better)"),
+    "contention": ("p99_wait_ms", "p99 checkout wait, ms (lower is better)"),
+    "churn": ("opened_per_1000", "connections opened per 1000 checkouts (lower is better)"),
+    "restart": ("dead_after_restart", "dead connections handed out (lower is better)"),
+}
+
+
+def write_plot(outcome: Outcome, path: str, title_lines: Sequence[str]) -> None:
+    """A PNG with one horizontal bar chart per scenario, of the metric that tells it apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     scenarios = [scenario for scenario in outcome.scenarios if scenario.rows]
-    figure, axes_list = pyplot.subplots(
-        len(scenarios),
-        1,
-        figsize=(9, 1.2 + 0.45 * sum(len(s.rows) + 2 for s in scenarios)),
-        squeeze=False,
-    )
+    height = 0.8 + 0.4 * sum(len(scenario.rows) + 2 for scenario in scenarios)
+    figure, axes_list = pyplot.subplots(len(scenarios), 1, figsize=(9, height), squeeze=False)
     for axes, scenario in zip(axes_list[:, 0], scenarios):
+        metric, axis_label = PLOT_METRICS.get(scenario.name, PLOT_METRICS["overhead"])
         labels = [row.label for row in scenario.rows]
-        values = [row.metrics.get("ops_per_s") or 0.0 for row in scenario.rows]
+        values = [_finite_or_zero(row.metrics.get(metric)) for row in scenario.rows]
         colours = [
             "tab:orange" if row.key.startswith("pgpool") else "tab:blue" for row in scenario.rows
         ]
         axes.barh(labels, values, color=colours)
         axes.invert_yaxis()
         axes.set_title(f"{scenario.name}: {scenario.description}", fontsize=9, loc="left")
-        axes.set_xlabel("operations per second (median)", fontsize=8)
+        axes.set_xlabel(axis_label, fontsize=8)
         axes.tick_params(labelsize=8)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.suptitle("\n".join(title_lines), fontsize=9)
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.5 / height))
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
+
+
+def _finite_or_zero(value: Optional[float]) -> float:
+    return value if value is not None and math.isfinite(value) else 0.0

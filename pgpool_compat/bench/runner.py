@@ -215,11 +215,20 @@ def _restart_round(
 
 
 def _add_ratios(rows: List[Row], specs: Sequence[PoolSpec]) -> None:
-    """``vs_stock``: each row's ops/s over stock psycopg2.pool's (above 1 is faster)."""
-    stock_keys = {spec.key for spec in specs if spec.is_stock}
-    stock_ops = next((row.metrics.get("ops_per_s") for row in rows if row.key in stock_keys), None)
-    for row in rows:
-        ops = row.metrics.get("ops_per_s")
-        row.metrics["vs_stock"] = (
-            ops / stock_ops if ops is not None and stock_ops and math.isfinite(stock_ops) else None
-        )
+    """``vs_stock``: ops/s over stock psycopg2.pool's (above 1 is faster); ``vs_held`` where a
+    held connection, the limit of any pool, ran in the same scenario."""
+    references = (
+        ("vs_stock", {spec.key for spec in specs if spec.is_stock}),
+        ("vs_held", {spec.key for spec in specs if spec.is_limit}),
+    )
+    for name, keys in references:
+        reference = next((row.metrics.get("ops_per_s") for row in rows if row.key in keys), None)
+        if reference is None and name != "vs_stock":
+            continue
+        for row in rows:
+            ops = row.metrics.get("ops_per_s")
+            row.metrics[name] = (
+                ops / reference
+                if ops is not None and reference and math.isfinite(reference)
+                else None
+            )

@@ -48,6 +48,7 @@ class Settings:
     overhead_rounds: int
     overhead_ops: int
     overhead_latency_ops: int
+    query_rounds: int
     query_seconds: float
     contention_seconds: float
     contention_threads: int
@@ -63,10 +64,11 @@ class Settings:
     def full(cls, threads: Optional[int] = None) -> Settings:
         return cls(
             rounds=3,
-            overhead_rounds=5,
+            overhead_rounds=7,
             overhead_ops=20_000,
             overhead_latency_ops=5_000,
-            query_seconds=1.0,
+            query_rounds=9,
+            query_seconds=0.35,
             contention_seconds=2.0,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
@@ -83,7 +85,8 @@ class Settings:
             overhead_rounds=2,
             overhead_ops=5_000,
             overhead_latency_ops=1_000,
-            query_seconds=0.25,
+            query_rounds=2,
+            query_seconds=0.15,
             contention_seconds=0.6,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
@@ -190,6 +193,10 @@ class Overhead(Scenario):
 class Query(Scenario):
     name = "query"
     description = "checkout + SELECT 1 + commit + checkin, 1 thread; the held row is the limit"
+
+    @property
+    def rounds(self) -> int:
+        return self.settings.query_rounds
 
     def measure(self, pool: BenchPool) -> Sample:
         acquire, release = pool.acquire, pool.release

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import psycopg2
 import psycopg2.pool
@@ -30,6 +30,7 @@ __all__ = [
     "bounded_query",
     "make_pool",
     "ours_available",
+    "peer_hung_up",
     "reproduce_command",
     "slots_in_use",
     "wait_until",
@@ -111,6 +112,21 @@ def bounded_query(conn: Any, sql: str = "SELECT 1", timeout: float = 3.0) -> Out
     if fired.is_set() and status != "ok":
         status = "hung"
     return Outcome(status, time.monotonic() - started, error)
+
+
+#: Linux ``tcp_info.tcpi_state`` once the peer's FIN has arrived.
+_TCP_CLOSE_WAIT = 8
+
+
+def peer_hung_up(conns: List[Any], timeout: float = 5.0) -> bool:
+    """Wait (bounded) until the server's FIN reached every client socket (TCP CLOSE_WAIT), so a
+    test never races the fault it caused. Reads nothing: the pool still has to notice."""
+
+    def state(conn: Any) -> int:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+    return wait_until(lambda: all(state(conn) == _TCP_CLOSE_WAIT for conn in conns), timeout)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

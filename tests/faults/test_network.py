@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from .proxy import Proxy
-from .support import Outcome, bounded_query, make_pool, slots_in_use, wait_until
+from .support import Outcome, bounded_query, make_pool, peer_hung_up, slots_in_use
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,9 +41,9 @@ def test_cut(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
     size = 2
     pool = make_pool(impl, size, size, proxied(proxy, pg_dsn))
     try:
-        fill_idle(pool, size)
+        idle = fill_idle(pool, size)
         proxy.cut()
-        assert wait_until(lambda: proxy.open_pairs == 0, 2)
+        assert peer_hung_up(idle)
         proxy.pass_through()
         handed = [pool.getconn() for _ in range(size)]
         dead = sum(not bounded_query(conn).ok for conn in handed)

@@ -4,7 +4,6 @@ one must never cost a slot."""
 
 from __future__ import annotations
 
-import select
 from typing import Any, List
 
 import psycopg2
@@ -12,7 +11,7 @@ import pytest
 
 from tests.helpers import terminate_backends
 
-from .support import bounded_query, make_pool, slots_in_use, wait_until
+from .support import bounded_query, make_pool, peer_hung_up, slots_in_use, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,19 +22,6 @@ def backend_pid(conn: Any) -> int:
         pid: int = cur.fetchone()[0]
     conn.rollback()
     return pid
-
-
-def hung_up(conns: List[Any], timeout: float = 5.0) -> bool:
-    """Wait (bounded) until the server's goodbye reached every client socket, so the test
-    never races the fault it just caused. Reads nothing: the pool still has to notice."""
-
-    def all_readable() -> bool:
-        poller = select.poll()
-        for conn in conns:
-            poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
-        return len(poller.poll(0)) == len(conns)
-
-    return wait_until(all_readable, timeout)
 
 
 def borrow_all(pool: Any, count: int) -> List[Any]:
@@ -56,7 +42,7 @@ def test_terminate_idle(impl: str, record: Any, pg_dsn: str) -> None:
         for conn in conns:
             pool.putconn(conn)
         terminate_backends(pg_dsn, pids)
-        assert hung_up(conns)
+        assert peer_hung_up(conns)
 
         handed = borrow_all(pool, size)
         dead = dead_among(handed)
@@ -89,7 +75,7 @@ def test_terminate_borrowed(impl: str, record: Any, pg_dsn: str) -> None:
             conn = pool.getconn()
             assert bounded_query(conn).ok  # now in a transaction
             terminate_backends(pg_dsn, [backend_pid_in_tx(conn)])
-            assert hung_up([conn])
+            assert peer_hung_up([conn])
             try:
                 pool.putconn(conn)
             except psycopg2.Error:
@@ -138,7 +124,7 @@ def test_terminate_noticed_by_borrower(impl: str, pg_dsn: str) -> None:
     try:
         conn = pool.getconn()
         terminate_backends(pg_dsn, [backend_pid(conn)])
-        assert hung_up([conn])
+        assert peer_hung_up([conn])
         assert bounded_query(conn).status == "error"
         pool.putconn(conn)
         assert slots_in_use(pool) == 0
@@ -166,7 +152,7 @@ def test_idle_session_timeout(impl: str, record: Any, pg_dsn: str, admin_conn: A
                 return bool(cur.fetchone()[0] == 0)
 
         assert wait_until(expired, 10), "idle_session_timeout did not end the sessions"
-        assert hung_up(conns)
+        assert peer_hung_up(conns)
         handed = borrow_all(pool, size)
         dead = dead_among(handed)
         for conn in handed:

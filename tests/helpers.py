@@ -34,6 +34,19 @@ def backend_count(dsn: str) -> int:
     return len(backend_pids(dsn))
 
 
+def wait_backend_count(dsn: str, expected: int, timeout: float = 5.0) -> int:
+    """Poll :func:`backend_count` until it equals ``expected`` or ``timeout`` passes; return the
+    last count. A backend exits asynchronously after its client closes the socket, so a count
+    taken right after ``conn.close()`` can still include it: assert on this instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        count = backend_count(dsn)
+        if count == expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.02)
+
+
 def terminate_backends(dsn: str, pids: Iterable[int], timeout: float = 10.0) -> int:
     """``pg_terminate_backend`` each pid and wait (bounded) until they have all gone.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import backend_count, backend_pids, terminate_backends
+from helpers import backend_count, backend_pids, terminate_backends, wait_backend_count
 
 from pgpool_compat import testing as harness
 from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
@@ -186,7 +186,9 @@ def test_shared_fixtures(pg_server: Any, pg_dsn: str, admin_conn: Any) -> None:
         assert cur.fetchone()[0] in backend_pids(pg_dsn)
 
 
-def test_backend_helpers(pg_dsn: str) -> None:
+def test_backend_helpers(own_server: PostgresServer) -> None:
+    # A private server: nobody else's connections come and go while we count.
+    pg_dsn = own_server.dsn
     before = backend_count(pg_dsn)
     conns = [psycopg2.connect(pg_dsn) for _ in range(3)]
     try:
@@ -195,13 +197,13 @@ def test_backend_helpers(pg_dsn: str) -> None:
         assert set(pids) <= set(backend_pids(pg_dsn))
         assert terminate_backends(pg_dsn, pids[:2]) == 2
         assert not set(pids[:2]) & set(backend_pids(pg_dsn))
-        assert backend_count(pg_dsn) == before + 1
+        assert backend_count(pg_dsn) == before + 1  # terminate_backends waited for them
         with pytest.raises(psycopg2.OperationalError), conns[0].cursor() as cur:
             cur.execute("SELECT 1")
     finally:
         for conn in conns:
             conn.close()
-    assert backend_count(pg_dsn) == before
+    assert wait_backend_count(pg_dsn, before) == before
 
 
 # -- cleanup when the owning process ends ------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 
 from pgpool_compat.__main__ import main as package_main
 from pgpool_compat.bench import cli
+from pgpool_compat.bench.adapters import available_pools
 from pgpool_compat.bench.report import format_table, to_json
 from pgpool_compat.bench.runner import Outcome, Row, ScenarioResult, median_sample
 from pgpool_compat.bench.scenarios import SCENARIO_NAMES, percentile_us
@@ -101,6 +102,37 @@ def test_plot_without_matplotlib_says_what_to_install(
         cli.parse_args(["--plot", "chart.png"])
     assert exit_info.value.code == 2
     assert "pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
+
+
+def test_output_files_in_missing_directories_fail_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for option in ("--json", "--plot"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse_args([option, str(tmp_path / "missing" / "out.x")])
+        assert exit_info.value.code == 2
+        assert f"{option}: no such directory" in capsys.readouterr().err
+
+
+def test_unreachable_dsn_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        code = cli.main(["--dsn", f"host=127.0.0.1 port={closed_port} user=postgres", "--quick"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "bench: no server to run against" in error and "Traceback" not in error
+
+
+def test_missing_pool_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dbutils", None)  # import dbutils now raises ImportError
+    specs, notes = available_pools()
+    keys = [spec.key for spec in specs]
+    assert "dbutils" not in keys
+    assert {"stock", "pgpool", "pgpool_production", "held"} <= set(keys)
+    assert any("dbutils is not installed" in note and "[bench]" in note for note in notes)
+    labels = [spec.label for spec in specs]
+    assert all(re.search(r"\d+\.\d+", label) for label in labels)  # each named with a version
 
 
 def test_package_main_dispatches_only_bench(capsys: pytest.CaptureFixture[str]) -> None:

@@ -95,6 +95,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("the restart scenario needs the throwaway server: drop --dsn to run it")
     if args.plot is not None and not plot_available():
         parser.error(PLOT_MISSING)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        # Fail now, not after minutes of measuring.
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"{option}: no such directory for {path!r}")
     chosen = [name for name in SCENARIO_NAMES if name in requested] or list(SCENARIO_NAMES)
     args.skipped = []
     if args.dsn is not None and "restart" in chosen:
@@ -195,15 +199,22 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     scenarios = make_scenarios(args.chosen, settings)
     server: Any = None
     try:
-        if args.dsn is None:
-            from ..testing import PostgresServer
+        try:
+            if args.dsn is None:
+                from ..testing import PostgresServer
 
-            server = PostgresServer(name="pgpool_compat-bench")
-            sys.stderr.write(f"bench: started {server.description}, data in {server.data_dir}\n")
-            sys.stderr.flush()
-            dsn, version = server.dsn, server.server_version
-        else:
-            dsn, version = args.dsn, _server_version(args.dsn)
+                server = PostgresServer(name="pgpool_compat-bench")
+                sys.stderr.write(
+                    f"bench: started {server.description}, data in {server.data_dir}\n"
+                )
+                sys.stderr.flush()
+                dsn, version = server.dsn, server.server_version
+            else:
+                dsn, version = args.dsn, _server_version(args.dsn)
+        except (psycopg2.Error, RuntimeError) as exc:  # no server: say why in one line
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            sys.stderr.write(f"bench: no server to run against: {first_line}\n")
+            return 1
         machine = describe_machine(argv, version, server is not None, args.quick)
         outcome = run_bench(
             dsn,

@@ -650,6 +650,18 @@ class AbstractConnectionPool(_stock.AbstractConnectionPool):  # type: ignore[mis
                 keep.append(conn)
         self._pool[:] = keep
 
+    def _drop_dead_idle(self, now: float) -> None:
+        """Probe idle connections without a round trip and drop those the server closed."""
+        alive: List[Any] = []
+        for conn in self._pool:
+            record = self._records.get(id(conn)) or self._remember(conn)
+            if self._driver.is_alive(conn, record.state):
+                alive.append(conn)
+            else:
+                self._lost(record, now)
+                self._doomed.append(self._forget(conn))
+        self._pool[:] = alive
+
     def _report_leaks(self, now: float) -> None:
         limit = self._options.leak_timeout
         if limit is None:
@@ -693,11 +705,12 @@ class AbstractConnectionPool(_stock.AbstractConnectionPool):  # type: ignore[mis
         self._keeper.start()
 
     def _maintain(self) -> None:
-        """One keeper pass: expire idle connections, report leaks, refill up to minconn."""
+        """One keeper pass: drop dead and expired idle connections, report leaks, refill."""
         with self._lock:
             if self.closed:
                 return
             now = time.monotonic()
+            self._drop_dead_idle(now)
             self._expire_idle(now)
             self._report_leaks(now)
             missing = max(0, self.minconn - self._open_count())

@@ -778,7 +778,7 @@ def test_prefill_opens_concurrently_up_to_max_size_and_reports_errors() -> None:
 
             pool._factory = slow  # white-box: time the connects
             await pool.prefill(3)
-            assert time.monotonic() - started < 0.25  # three connects in parallel
+            assert time.monotonic() - started < 0.29  # in parallel: in series takes 0.3
             assert pool.idle_count == 3
             await pool.prefill(10)
             assert pool.pool_size == 5

@@ -30,7 +30,7 @@ import pgpool_compat
 pytestmark = pytest.mark.timeout(120)
 
 #: Sequences per pool class; hundreds by default, raise it to explore.
-SEQUENCES = int(os.environ.get("PGPOOL_DIFF_SEQUENCES", "250"))
+SEQUENCES = int(os.environ.get("PGPOOL_DIFF_SEQUENCES", "200"))
 #: Added to every seed, to explore other sequences without editing the test.
 SEED_BASE = int(os.environ.get("PGPOOL_DIFF_SEED", "0"))
 STEPS = 28
@@ -241,20 +241,47 @@ def _after_call(op: Op, outcome: Outcome, client: Client) -> None:
         client.borrowed.append(outcome[1])
 
 
-def run_sequence(stock_cls: type, ours_cls: type, seed: int, dsn: str) -> None:
+def _configure(conn: Any) -> None:
+    _execute(conn, "SELECT 1")  # leaves a transaction open: the pool must commit it
+
+
+def neutral_options(seed: int) -> Dict[str, Any]:
+    """Some ``pool_*`` settings that must not change any result here (short, healthy runs)."""
+    rng = random.Random(f"options-{seed}")
+    candidates: Dict[str, Any] = {
+        "pool_name": f"diff-{seed}",
+        "pool_check": rng.choice(["socket", None]),
+        "pool_max_lifetime": 3600,
+        "pool_leak_timeout": 3600,
+        "pool_reset": "rollback",
+        "pool_lifo": True,
+        "pool_configure": _configure,
+    }
+    return {name: value for name, value in candidates.items() if rng.random() < 0.4}
+
+
+def run_sequence(
+    stock_cls: type,
+    ours_cls: type,
+    seed: int,
+    dsn: str,
+    ours_options: Optional[Dict[str, Any]] = None,
+) -> None:
     """Run sequence ``seed`` on a stock-based pool and on ours, failing at the first difference.
 
-    test_subclass.py runs it on subclasses too, so it takes the two classes.
+    ``ours_options`` are extra ``pool_*`` keywords for our pool only. test_subclass.py runs
+    this on subclasses too, so it takes the two classes.
     """
     rng = random.Random(seed)
     minconn, maxconn = _sizes(rng)
     args, kwargs = _connect_args(rng, dsn)
     ctor = (minconn, maxconn, *args)
-    trace: List[str] = [f"{ours_cls.__name__}{ctor!r} {kwargs!r}"]
+    options = ours_options or {}
+    trace: List[str] = [f"{ours_cls.__name__}{ctor!r} {kwargs!r} ours also {options!r}"]
     stock = Side(stock_cls, dsn, ctor, kwargs)
     ours: Optional[Side] = None
     try:
-        ours = Side(ours_cls, dsn, ctor, kwargs)
+        ours = Side(ours_cls, dsn, ctor, {**kwargs, **options})
         assert ours.init_outcome == stock.init_outcome == ("ok", None), trace
         assert (ours.pool._args, ours.pool._kwargs) == (stock.pool._args, stock.pool._kwargs)
         _compare(stock, ours, trace, seed)
@@ -295,4 +322,6 @@ def _report(seed: int, trace: List[str], expected: Any, got: Any) -> str:
 @pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEQUENCES))
 @pytest.mark.parametrize("pool_name", ["SimpleConnectionPool", "ThreadedConnectionPool"])
 def test_random_sequence_matches_stock(pool_name: str, seed: int, pg_dsn: str) -> None:
-    run_sequence(getattr(psycopg2.pool, pool_name), getattr(pgpool_compat, pool_name), seed, pg_dsn)
+    stock_cls = getattr(psycopg2.pool, pool_name)
+    ours_cls = getattr(pgpool_compat, pool_name)
+    run_sequence(stock_cls, ours_cls, seed, pg_dsn, neutral_options(seed))

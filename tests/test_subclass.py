@@ -26,7 +26,7 @@ import pgpool_compat
 pytestmark = pytest.mark.timeout(120)
 
 SubclassFactory = Callable[[type], type]
-SEQUENCES_PER_STYLE = 25
+SEQUENCES_PER_STYLE = 12
 
 
 def calls_super(base: type) -> type:

@@ -1000,3 +1000,27 @@ class PoolManager:
                 pool.connection_handle(handle).used_by = None
                 del pool.connections[id(handle)]
         _DRIVER.dispose(handle)
+
+
+def _after_fork_in_child() -> None:
+    """Forget every connection the parent owns and take fresh locks.
+
+    Closing an inherited connection would end the parent's session; dropping the reference
+    is safe (psycopg2 does not close a connection it collects in another process). A thread
+    holding the lock at the fork does not exist in the child, so the lock is replaced.
+    """
+    global _LOCK, _CHANGED
+    _LOCK = threading.RLock()
+    _CHANGED = threading.Condition(_LOCK)
+    Connection._lock = Pool._lock = PoolManager._lock = _LOCK
+    PoolManager._cleaner = None
+    for pool in list(PoolManager._pools.values()):
+        if isinstance(pool, Pool):
+            pool.connections.clear()
+            pool._reserved = 0
+            pool._waiters.clear()
+            pool.idle_start = None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_after_fork_in_child)

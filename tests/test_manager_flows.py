@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 import types
@@ -292,3 +293,28 @@ def test_the_dsn_is_never_kept_or_shown(pg_dsn: str, caplog: pytest.LogCaptureFi
     assert all(secret not in text and pg_dsn not in text for text in shown)
     wrapper = PoolManager.get_connection(manager.pool_id(dsn), conn)
     assert secret not in repr(vars(wrapper))  # psycopg2 masks it in the handle's repr
+
+
+def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str) -> None:
+    dsn = with_app(pg_dsn, "mgr_fork")
+    with PoolManager.connection(dsn) as conn:
+        parent_backend = backend_pid(conn)
+    child = os.fork()
+    if child == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            with PoolManager.connection(dsn) as mine:
+                code = 0 if mine is not conn and backend_pid(mine) != parent_backend else 2
+            PoolManager.shutdown(timeout=1)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        assert time.monotonic() < deadline, "child did not finish"
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with PoolManager.connection(dsn) as again:  # the parent's session is intact
+        assert again is conn and backend_pid(again) == parent_backend

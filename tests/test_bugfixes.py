@@ -15,8 +15,10 @@ from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
 import psycopg2
+import psycopg2.extensions
 import psycopg2.pool
 import pytest
+from faults.proxy import Proxy
 from helpers import terminate_backends
 
 import pgpool_compat
@@ -370,3 +372,42 @@ def test_no_lock_held_while_connecting(
     assert not blocked, f"putconn/getconn of an idle connection waited {elapsed:.2f} s"
     assert results["fast"] is idle
     assert results["slow"] is not idle and _select_one(results["slow"]) == 1
+
+
+def test_no_lock_held_while_rolling_back(
+    impl: ModuleType, stock: bool, pg_dsn: str, pools: List[Any]
+) -> None:
+    """A return whose rollback hangs on the network must not stall other threads."""
+    params = psycopg2.extensions.parse_dsn(pg_dsn)
+    with Proxy(params.get("host", "127.0.0.1"), int(params.get("port", 5432))) as proxy:
+        pool = impl.ThreadedConnectionPool(2, 3, proxy.dsn(pg_dsn))
+        pools.append(pool)
+        idle = pool._pool[0]
+        busy = pool.getconn()
+        with busy.cursor() as cursor:
+            cursor.execute("SELECT 1")  # a transaction putconn will have to roll back
+        proxy.stall()  # established connections hang; the rollback waits on the network
+
+        results: Dict[str, Any] = {}
+        returner = threading.Thread(target=lambda: pool.putconn(busy), daemon=True)
+        taker = threading.Thread(
+            target=lambda: results.setdefault("taken", pool.getconn()), daemon=True
+        )
+        try:
+            returner.start()
+            returner.join(timeout=0.3)
+            assert returner.is_alive(), "the rollback did not hang: the test proves nothing"
+            taker.start()
+            taker.join(timeout=2.0)
+            blocked = taker.is_alive()
+        finally:
+            proxy.pass_through()  # the rollback completes, the lock (if held) is released
+            returner.join(timeout=20)
+            taker.join(timeout=20)
+        assert not returner.is_alive() and not taker.is_alive()
+        if stock:
+            assert blocked  # getconn of an idle connection waited for another's rollback
+        else:
+            assert not blocked, "getconn waited while another thread rolled back"
+            assert results["taken"] is idle
+        pool.closeall()

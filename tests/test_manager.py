@@ -452,3 +452,42 @@ def test_report_holds_ids_and_numbers_only() -> None:
 def test_connection_rejects_a_negative_timeout() -> None:
     with pytest.raises(ValueError, match="timeout"), PoolManager.connection("host=x", timeout=-1):
         pass
+
+
+def test_pool_connection_lists() -> None:
+    pool = Pool("p", max_size=4)
+    idle, held, executing, closed = (fake_handle(), fake_handle(), fake_handle(executing=True),
+                                     fake_handle(closed=1))
+    for handle in (idle, held, executing, closed):
+        pool.add(handle)
+    session = mock.Mock()
+    pool.lock(held, session)
+
+    def handles(connections: List[manager.Connection]) -> List[Any]:
+        return [c.handle for c in connections]
+
+    assert handles(pool.idle_connections) == [idle]
+    assert handles(pool.busy_connections) == [held, executing]
+    assert handles(pool.executing_connections) == [executing]
+    assert handles(pool.locked_connections) == [held]
+    assert handles(pool.closed_connections) == [closed]
+    assert pool.is_full and len(pool) == 4
+    del session  # a dead session's lock no longer makes the connection busy
+    assert handles(pool.idle_connections) == [idle, held]
+    assert handles(pool.locked_connections) == [held]  # still marked until freed
+
+
+def test_ensure_pool_exists() -> None:
+    with pytest.raises(manager.PoolNotFoundError):
+        PoolManager._ensure_pool_exists("missing")
+    PoolManager.create("present")
+    PoolManager._ensure_pool_exists("present")
+
+
+def test_exported_from_the_package() -> None:
+    import pgpool_compat
+
+    for name in ("PoolManager", "Pool", "Connection", "PoolManagerError", "QueriesException",
+                 "ActivePoolError", "ConnectionBusyError", "ConnectionNotFoundError",
+                 "NoIdleConnectionsError", "PoolFullError", "pool_id"):
+        assert getattr(pgpool_compat, name) is getattr(manager, name), name

@@ -411,3 +411,27 @@ def test_no_lock_held_while_rolling_back(
             assert not blocked, "getconn waited while another thread rolled back"
             assert results["taken"] is idle
         pool.closeall()
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_failed_construction_closes_what_it_opened(
+    impl: ModuleType, stock: bool, cls: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_connect = psycopg2.connect
+    opened: List[Any] = []
+
+    def third_call_fails(*args: Any, **kwargs: Any) -> Any:
+        if len(opened) == 2:
+            raise psycopg2.OperationalError("refused by the test")
+        opened.append(real_connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(psycopg2, "connect", third_call_fails)
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="refused by the test"):
+            getattr(impl, cls)(3, 5, pg_dsn)
+        # Stock leaves both open for the garbage collector (the traceback still holds them).
+        assert [bool(conn.closed) for conn in opened] == [not stock, not stock]
+    finally:
+        for conn in opened:
+            conn.close()

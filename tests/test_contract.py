@@ -371,3 +371,25 @@ def test_closeall(make_pool: Callable[..., Any]) -> None:
         with pytest.raises(psycopg2.pool.PoolError) as info:
             call()
         assert str(info.value) == "connection pool is closed"
+
+
+def test_failed_connect_changes_no_books(
+    make_pool: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(0, 2)
+    kept = pool.getconn("kept")
+    real_connect = psycopg2.connect
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg2.OperationalError("refused by the test")
+
+    monkeypatch.setattr(psycopg2, "connect", refuse)
+    for _ in range(3):  # more failures than free slots: none of them may use a slot up
+        with pytest.raises(psycopg2.OperationalError, match="refused by the test"):
+            pool.getconn()
+    with pytest.raises(psycopg2.OperationalError):
+        pool.getconn("other")
+    assert pool._used == {"kept": kept} and pool._pool == [] and pool._keys == 3
+    monkeypatch.setattr(psycopg2, "connect", real_connect)
+    fresh = pool.getconn()
+    assert fresh is not kept and pool._rused[id(fresh)] == 4

@@ -254,3 +254,42 @@ def test_threads_hammer_one_pool(
     pool.closeall()
     assert census.live == 0
     assert _settled_sessions(admin_conn, app_name, 0) == 0
+
+
+@pytest.mark.parametrize("module", [pgpool_compat, psycopg2.pool], ids=["ours", "stock"])
+def test_threads_asking_for_one_key_share_one_new_connection(
+    module: Any, pg_dsn: str, census: Census, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one thread connects for a key, others asking for that key get the same one."""
+    pool = module.ThreadedConnectionPool(
+        0, 4, pg_dsn, connection_factory=counted_connection(census)
+    )
+    real_connect = psycopg2.connect
+
+    def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # long enough for every thread to ask while the first connects
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg2, "connect", slow_connect)
+    got: List[Any] = []
+    errors: List[BaseException] = []
+
+    def ask() -> None:
+        try:
+            got.append(pool.getconn("shared"))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask, daemon=True) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        assert len(got) == 4 and all(conn is got[0] for conn in got)
+        assert census.opened == 1 and census.peak == 1
+        assert pool._used == {"shared": got[0]}
+    finally:
+        pool.closeall()

@@ -42,8 +42,20 @@ VPY=.venv/bin/python
 # queries pins the psycopg2 source distribution; its API is all the manager tests need.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps queries
 
-# A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries.
-if [ -z "${PGPOOL_TEST_DSN:-}" ] && ! "$VPY" -c 'from pgpool_compat.testing import _bin_dir; _bin_dir()' 2>/dev/null; then
+# A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries. Exit code 3 means
+# "no binaries"; any other failure (say, a broken import) is left for pytest to report.
+probe_status=0
+if [ -z "${PGPOOL_TEST_DSN:-}" ]; then
+    "$VPY" -c '
+import sys
+from pgpool_compat.testing import PostgresNotFound, _bin_dir
+try:
+    _bin_dir()
+except PostgresNotFound:
+    sys.exit(3)
+' 2>/dev/null || probe_status=$?
+fi
+if [ "$probe_status" -eq 3 ]; then
     if is_root && command -v apt-get >/dev/null; then
         say "no PostgreSQL server binaries: installing the Debian package postgresql"
         apt_install postgresql

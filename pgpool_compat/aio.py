@@ -48,6 +48,7 @@ from .lifecycle import (
     exhausted_message,
     idle_too_long,
     pool_stats,
+    prefill_count,
     seconds_setting,
     size_settings,
 )
@@ -82,10 +83,9 @@ async def _call(hook: Hook, conn: Any) -> Any:
 
 
 def _describe(error: BaseException) -> str:
-    """An error in one line for the log: type and first line, never a multi-line dump."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    """An error for the log: its type only, as the engine does, since a factory's message
+    may quote a DSN with its password."""
+    return type(error).__name__
 
 
 class AsyncConnectionPool(Generic[ConnT]):
@@ -180,9 +180,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         finished; the connections that did open stay in the pool.
         """
         self._check_usable()
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
-        target = min(self._min_size if n is None else n, self._max_size)
+        target = min(prefill_count(n, self._min_size), self._max_size)
         tasks = []
         while self._size < target:
             self._size += 1

@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, T
 from .errors import PoolError
 from .health import Driver
 from .lifecycle import (
-    CLOSED_MESSAGE,
     callable_setting,
     default_releaser,
+    prefill_count,
     seconds_setting,
     size_settings,
 )
@@ -164,31 +164,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     def prefill(self, n: Optional[int] = None) -> None:
         """Open connections until the pool holds ``n`` (default ``min_size``, at most
         ``max_size``). A connect error is raised; connections already opened stay."""
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
-        target = min(self.minconn if n is None else n, self.maxconn)
-        with self._lock:
-            if self.closed:
-                raise PoolError(CLOSED_MESSAGE)
-            missing = max(0, target - self._open_count())
-            self._reserved += missing  # slots first, so concurrent callers cannot overshoot
-        try:
-            while missing:
-                conn = self._open()
-                with self._lock:
-                    missing -= 1
-                    self._reserved -= 1
-                    if not self.closed:
-                        self._shelve(conn)
-                        continue
-                    self._forget(conn)
-                self._driver.dispose(conn)
-        finally:
-            if missing:
-                with self._lock:
-                    self._reserved -= missing
-                    for _ in range(missing):
-                        self._free_slot()
+        self._refill(prefill_count(n, self.minconn))
 
     def close_all(self) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent."""

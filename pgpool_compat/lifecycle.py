@@ -22,6 +22,7 @@ __all__ = [
     "exhausted_message",
     "idle_too_long",
     "pool_stats",
+    "prefill_count",
     "seconds_setting",
     "size_settings",
 ]
@@ -123,3 +124,12 @@ def callable_setting(name: str, value: Any, *, required: bool = False) -> Any:
     if not callable(value):
         raise TypeError(f"{name} must be a callable, got {type(value).__name__}")
     return value
+
+
+def prefill_count(n: Any, default: int) -> int:
+    """Validate ``prefill(n)``'s count; ``None`` means ``default`` (``min_size``)."""
+    if n is None:
+        return default
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
+    return n

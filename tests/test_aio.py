@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import random
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, TypeVar
 
 import asyncpg
 import psycopg2.extensions
@@ -20,7 +20,7 @@ import pytest
 from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
-from tests.helpers import backend_count, backend_pids, terminate_backends
+from tests.helpers import backend_pids, terminate_backends
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -819,7 +819,7 @@ def asyncpg_kwargs(dsn: str) -> Dict[str, Any]:
 
 def test_asyncpg_pool_against_the_real_server(pg_dsn: str) -> None:
     kwargs = asyncpg_kwargs(pg_dsn)
-    baseline = backend_count(pg_dsn)
+    used: List[int] = []
 
     async def reset(conn: Any) -> None:
         await conn.reset(timeout=5)  # asyncpg's own: RESET ALL, drop prepared, unlisten...
@@ -829,34 +829,34 @@ def test_asyncpg_pool_against_the_real_server(pg_dsn: str) -> None:
             lambda: asyncpg.connect(**kwargs), min_size=2, max_size=4, timeout=10, reset=reset
         )
         async with pool:
-            assert backend_count(pg_dsn) == baseline + 2
-            pids: List[int] = []
+            assert pool.pool_size == 2
 
             async def query() -> None:
                 async with pool.connection() as conn:
-                    pids.append(await conn.fetchval("SELECT pg_backend_pid()", timeout=5))
+                    used.append(await conn.fetchval("SELECT pg_backend_pid()", timeout=5))
                     await conn.execute("SELECT pg_sleep(0.02)", timeout=5)
 
             await asyncio.gather(*(query() for _ in range(20)))
-            assert len(pids) == 20 and len(set(pids)) <= 4
-            assert pool.pool_size == 4 and backend_count(pg_dsn) == baseline + 4
+            assert len(used) == 20 and len(set(used)) <= 4
+            assert pool.pool_size == 4
+            assert set(used) <= set(backend_pids(pg_dsn))  # real, live server sessions
 
             # Session state does not reach the next borrower.
             async with pool.connection() as conn:
                 await conn.execute("SET search_path TO pg_catalog")
-                pid = await conn.fetchval("SELECT pg_backend_pid()")
+                pid = conn.get_server_pid()
             async with pool.connection() as conn:  # LIFO: the same connection again
-                assert await conn.fetchval("SELECT pg_backend_pid()") == pid
+                assert conn.get_server_pid() == pid
                 assert await conn.fetchval("SHOW search_path") == '"$user", public'
-        assert await_backends(pg_dsn, baseline)
+        assert sessions_end(pg_dsn, set(used))
 
     run(body, bound=20)
 
 
-def await_backends(dsn: str, expected: int, bound: float = 5.0) -> bool:
-    """Whether the backend count settles to ``expected`` within ``bound`` seconds."""
+def sessions_end(dsn: str, pids: Set[int], bound: float = 5.0) -> bool:
+    """Whether the server sessions ``pids`` all end within ``bound`` seconds."""
     deadline = time.monotonic() + bound
-    while backend_count(dsn) != expected:
+    while pids & set(backend_pids(dsn)):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -870,12 +870,12 @@ def test_asyncpg_check_drops_a_terminated_backend(pg_dsn: str) -> None:
         return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
 
     async def body() -> None:
-        before = set(backend_pids(pg_dsn))
         pool = AsyncConnectionPool(
             lambda: asyncpg.connect(**kwargs), min_size=1, max_size=2, check=check
         )
         async with pool:
-            (pid,) = set(backend_pids(pg_dsn)) - before
+            async with pool.connection() as conn:
+                pid = conn.get_server_pid()
             terminate_backends(pg_dsn, [pid])
             async with pool.connection() as conn:
                 new_pid = await conn.fetchval("SELECT pg_backend_pid()", timeout=5)

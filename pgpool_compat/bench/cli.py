@@ -176,7 +176,7 @@ def _header(machine: Dict[str, Any]) -> List[str]:
         f"load {machine['load_avg_at_start']}",
         f"python {machine['python']}, psycopg2 {machine['psycopg2']}, libpq {machine['libpq']}, "
         f"PostgreSQL {machine['postgresql']} ({machine['server']})",
-        "medians over rounds, pools interleaved; vs stock = ops/s over psycopg2.pool's",
+        "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's",
     ]
 
 
@@ -196,7 +196,6 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     _quiet_pool_logs(args.verbose)
     settings = Settings.quick(args.threads) if args.quick else Settings.full(args.threads)
     specs, notes = available_pools()
-    scenarios = make_scenarios(args.chosen, settings)
     server: Any = None
     try:
         try:
@@ -216,13 +215,10 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             sys.stderr.write(f"bench: no server to run against: {first_line}\n")
             return 1
         machine = describe_machine(argv, version, server is not None, args.quick)
-        outcome = run_bench(
-            dsn,
-            scenarios,
-            specs,
-            restart_server=None if server is None else server.restart,
-            progress=Progress(total_steps(scenarios, specs)),
+        scenarios = make_scenarios(
+            args.chosen, settings, None if server is None else server.restart
         )
+        outcome = run_bench(dsn, scenarios, specs, progress=Progress(total_steps(scenarios, specs)))
     except KeyboardInterrupt:
         sys.stderr.write("\nbench: interrupted\n")
         return 130

@@ -49,6 +49,7 @@ EXTRA_COLUMNS: Dict[str, List[Tuple[str, str, Formatter]]] = {
     "contention": [
         ("max/min", "fairness", _ratio),
         ("p99 wait ms", "p99_wait_ms", _decimal),
+        ("max wait ms", "max_wait_ms", _decimal),
         ("vs ideal", "p99_wait_vs_ideal", _times),
     ],
     "churn": [("opened/1k", "opened_per_1000", _decimal)],

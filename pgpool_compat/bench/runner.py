@@ -1,7 +1,8 @@
 """Runs scenarios over pools: rounds, interleaving, medians, ratios against stock psycopg2.
 
-Noise on a shared machine drifts over seconds, so every round runs each pool once, in an order
-rotated by one per round, and the report keeps each metric's median over the rounds.
+Noise on a shared machine comes in bursts, so pools are interleaved: each round runs every pool
+once, in an order rotated by one per round (group scenarios go further and let the pools take
+turns of a few milliseconds), and the report keeps each metric's median over the rounds.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import math
 import statistics
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .adapters import BenchPool, PoolSpec
-from .scenarios import Restart, Sample, Scenario
+from .scenarios import GroupScenario, Sample, Scenario, describe_error
 
 __all__ = ["Outcome", "Progress", "Row", "ScenarioResult", "median_sample", "run_bench"]
 
@@ -91,23 +92,16 @@ def _rotated(items: Sequence[PoolSpec], by: int) -> List[PoolSpec]:
     return list(items[shift:]) + list(items[:shift])
 
 
-def _describe(exc: BaseException) -> str:
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first_line}"[:200]
-
-
 def _close_quietly(pool: BenchPool, label: str) -> None:
     try:
         pool.close()
     except Exception as exc:  # a pool that fails to close must not end the bench
-        logger.warning("bench: closing %s failed: %s", label, _describe(exc))
+        logger.warning("bench: closing %s failed: %s", label, describe_error(exc))
 
 
 def total_steps(scenarios: Sequence[Scenario], specs: Sequence[PoolSpec]) -> int:
-    return sum(
-        scenario.rounds * sum(1 for spec in specs if spec.runs_in(scenario.name))
-        for scenario in scenarios
-    )
+    per_round = [sum(1 for spec in specs if spec.runs_in(s.name)) for s in scenarios]
+    return sum(per_round) * (scenarios[0].settings.rounds if scenarios else 0)
 
 
 def run_bench(
@@ -115,7 +109,6 @@ def run_bench(
     scenarios: Sequence[Scenario],
     specs: Sequence[PoolSpec],
     *,
-    restart_server: Optional[Callable[[], None]],
     progress: Progress,
 ) -> Outcome:
     """Run every scenario on every pool that takes part in it; one failing pool is a note."""
@@ -124,32 +117,23 @@ def run_bench(
         pools = [spec for spec in specs if spec.runs_in(scenario.name)]
         samples: Dict[str, List[Sample]] = {spec.key: [] for spec in pools}
         failures: Dict[str, str] = {}
-        for round_index in range(scenario.rounds):
+        for round_index in range(scenario.settings.rounds):
             order = _rotated(pools, round_index)
-            if isinstance(scenario, Restart):
-                if restart_server is None:
-                    raise ValueError("the restart scenario needs a server the bench may restart")
-                _restart_round(dsn, scenario, order, restart_server, samples, failures, progress)
-            else:
-                for spec in order:
-                    progress.step(f"{scenario.name}: {spec.label}")
-                    _one_sample(dsn, scenario, spec, samples, failures)
+            if isinstance(scenario, GroupScenario):
+                _group_round(dsn, scenario, order, samples, failures, progress)
+                continue
+            for spec in order:
+                progress.step(f"{scenario.name}: {spec.label}")
+                _one_sample(dsn, scenario, spec, samples, failures)
         rows: List[Row] = []
         for spec in pools:
-            if samples[spec.key]:
-                rows.append(
-                    Row(
-                        spec.key,
-                        spec.label,
-                        median_sample(samples[spec.key]),
-                        len(samples[spec.key]),
-                    )
-                )
+            kept = samples[spec.key]
+            if kept:
+                rows.append(Row(spec.key, spec.label, median_sample(kept), len(kept)))
             if spec.key in failures:
                 outcome.notes.append(
                     f"{scenario.name}: {spec.label} failed "
-                    f"({len(samples[spec.key])}/{scenario.rounds} samples kept): "
-                    f"{failures[spec.key]}"
+                    f"({len(kept)}/{scenario.settings.rounds} rounds kept): {failures[spec.key]}"
                 )
         _add_ratios(rows, specs)
         outcome.scenarios.append(ScenarioResult(scenario.name, scenario.description, rows))
@@ -167,48 +151,36 @@ def _one_sample(
     try:
         pool = spec.open(dsn, scenario.minconn, scenario.maxconn)
     except Exception as exc:
-        failures[spec.key] = _describe(exc)
+        failures[spec.key] = describe_error(exc)
         return
     try:
         samples[spec.key].append(scenario.measure(pool))
     except Exception as exc:
-        failures[spec.key] = _describe(exc)
+        failures[spec.key] = describe_error(exc)
     finally:
         _close_quietly(pool, spec.label)
 
 
-def _restart_round(
+def _group_round(
     dsn: str,
-    scenario: Restart,
+    scenario: GroupScenario,
     order: Sequence[PoolSpec],
-    restart_server: Callable[[], None],
     samples: Dict[str, List[Sample]],
     failures: Dict[str, str],
     progress: Progress,
 ) -> None:
-    """Warm every pool, restart the server once, then resume each pool in turn."""
+    """Open every pool, let the scenario measure them together, close them all."""
     opened: List[Tuple[PoolSpec, BenchPool]] = []
     try:
         for spec in order:
-            try:
-                pool = spec.open(dsn, scenario.minconn, scenario.maxconn)
-            except Exception as exc:
-                failures[spec.key] = _describe(exc)
-                continue
-            opened.append((spec, pool))
-            try:
-                scenario.warm(pool)
-            except Exception as exc:
-                failures[spec.key] = _describe(exc)
-        restart_server()
-        for spec, pool in opened:
             progress.step(f"{scenario.name}: {spec.label}")
-            if spec.key in failures:
-                continue
             try:
-                samples[spec.key].append(scenario.measure(pool))
+                opened.append((spec, spec.open(dsn, scenario.minconn, scenario.maxconn)))
             except Exception as exc:
-                failures[spec.key] = _describe(exc)
+                failures[spec.key] = describe_error(exc)
+        group = [(spec.key, pool) for spec, pool in opened if spec.key not in failures]
+        for key, sample in scenario.measure_group(group, failures).items():
+            samples[key].append(sample)
     finally:
         for spec, pool in opened:
             _close_quietly(pool, spec.label)

@@ -1,14 +1,20 @@
-"""The bench scenarios: what one sample of one pool measures.
+"""The bench scenarios: what one round of one scenario measures.
 
 A sample is a flat dict of numbers. Every scenario reports ``ops_per_s``, ``p50_us``,
 ``p99_us``, ``errors`` and ``connections_opened`` (during the measured phase, after warm-up);
-some add their own keys. The runner repeats samples, interleaving pools, and keeps medians.
+some add their own keys. The runner repeats rounds and keeps each metric's median.
+
+Two shapes: a :class:`Scenario` measures one pool at a time (the multi-threaded ones, where
+pools must not compete with each other); a :class:`GroupScenario` opens every pool at once and
+measures them in turns of a few milliseconds each, so that a burst of load from elsewhere on
+the machine hits all pools alike instead of ruining one pool's numbers.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -18,15 +24,19 @@ from .adapters import BenchPool, run_select_one
 
 __all__ = [
     "SCENARIO_NAMES",
+    "GroupScenario",
     "Sample",
     "Scenario",
     "Settings",
     "checkout",
+    "describe_error",
     "make_scenarios",
     "percentile_us",
 ]
 
 Sample = Dict[str, Optional[float]]
+#: Pools of one group round, by key, in the order they take turns.
+Group = Sequence[Tuple[str, BenchPool]]
 
 SCENARIO_NAMES: Tuple[str, ...] = ("overhead", "query", "contention", "churn", "restart")
 
@@ -34,8 +44,12 @@ SCENARIO_NAMES: Tuple[str, ...] = ("overhead", "query", "contention", "churn", "
 RETRY_SLEEP_S = 0.001
 #: Past a phase's end, how long a thread may still try to check out before giving up.
 GIVE_UP_GRACE_S = 35.0
-#: Checkouts per timed chunk of the overhead scenario.
-OVERHEAD_CHUNK = 1000
+#: Checkouts per timed turn of the overhead scenario (about 2-20 ms).
+OVERHEAD_TURN = 1000
+#: Checkouts timed one by one after each overhead turn, for the latency percentiles.
+OVERHEAD_TIMED_TURN = 200
+#: Queries per turn of the query scenario (about 5 ms).
+QUERY_TURN = 40
 #: Upper bound on a restart sample: the server may come back slowly on a busy machine.
 RESTART_SAMPLE_LIMIT_S = 20.0
 
@@ -45,10 +59,7 @@ class Settings:
     """Sizes of every scenario; ``quick`` and ``full`` are the two presets."""
 
     rounds: int
-    overhead_rounds: int
     overhead_ops: int
-    overhead_latency_ops: int
-    query_rounds: int
     query_seconds: float
     contention_seconds: float
     contention_threads: int
@@ -64,11 +75,8 @@ class Settings:
     def full(cls, threads: Optional[int] = None) -> Settings:
         return cls(
             rounds=3,
-            overhead_rounds=7,
-            overhead_ops=20_000,
-            overhead_latency_ops=5_000,
-            query_rounds=9,
-            query_seconds=0.35,
+            overhead_ops=30_000,
+            query_seconds=1.0,
             contention_seconds=2.0,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
@@ -82,11 +90,8 @@ class Settings:
     def quick(cls, threads: Optional[int] = None) -> Settings:
         return cls(
             rounds=1,
-            overhead_rounds=2,
-            overhead_ops=5_000,
-            overhead_latency_ops=1_000,
-            query_rounds=2,
-            query_seconds=0.15,
+            overhead_ops=10_000,
+            query_seconds=0.3,
             contention_seconds=0.6,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
@@ -95,6 +100,12 @@ class Settings:
             churn_gap_s=0.03,
             restart_ops=20,
         )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming an error, for the notes under the table."""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line}"[:200]
 
 
 def percentile_us(sorted_ns: Sequence[int], fraction: float) -> Optional[float]:
@@ -132,7 +143,7 @@ def checkout(pool: BenchPool, give_up_at: float) -> Tuple[Optional[Any], int]:
 
 
 class Scenario:
-    """One scenario; ``measure`` runs one sample on a freshly opened pool."""
+    """One scenario measured one pool at a time; ``measure`` runs one sample."""
 
     name = ""
     description = ""
@@ -142,88 +153,127 @@ class Scenario:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    @property
-    def rounds(self) -> int:
-        return self.settings.rounds
-
     def measure(self, pool: BenchPool) -> Sample:
         raise NotImplementedError
 
 
-class Overhead(Scenario):
+class GroupScenario(Scenario):
+    """A scenario measured with every pool open at once, the pools taking turns."""
+
+    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+        """One sample per pool; a pool that raises is recorded in ``failures`` and dropped."""
+        raise NotImplementedError
+
+
+def _take_turns(
+    pools: Group, failures: Dict[str, str], turn: Callable[[str, BenchPool], None], turns: int
+) -> None:
+    """Call ``turn`` for each pool in rotating order, ``turns`` times over."""
+    for index in range(turns):
+        shift = index % len(pools) if pools else 0
+        for key, pool in list(pools[shift:]) + list(pools[:shift]):
+            if key in failures:
+                continue
+            try:
+                turn(key, pool)
+            except Exception as exc:  # that pool's row becomes a note; the others go on
+                failures[key] = describe_error(exc)
+
+
+class Overhead(GroupScenario):
     name = "overhead"
     description = "checkout + checkin, no query, 1 thread: the pool's own cost"
 
-    @property
-    def rounds(self) -> int:
-        return self.settings.overhead_rounds
+    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+        turn_ns: Dict[str, List[int]] = {key: [] for key, _ in pools}
+        durations: Dict[str, List[int]] = {key: [] for key, _ in pools}
+        opened_before: Dict[str, int] = {}
 
-    def measure(self, pool: BenchPool) -> Sample:
-        acquire, release = pool.acquire, pool.release
-        release(acquire())
-        opened_before = pool.opened()
-        gc.collect()
-        # Throughput from loops timed per chunk, not per operation: timer calls would blur the
-        # ratios. The best chunk shows the cost with the least interference from other load.
-        chunks = max(1, self.settings.overhead_ops // OVERHEAD_CHUNK)
-        chunk_ns: List[int] = []
-        for _ in range(chunks):
-            started = time.perf_counter_ns()
-            for _ in range(OVERHEAD_CHUNK):
+        def warm(key: str, pool: BenchPool) -> None:
+            pool.release(pool.acquire())
+            opened_before[key] = pool.opened()
+
+        def turn(key: str, pool: BenchPool) -> None:
+            acquire, release, clock = pool.acquire, pool.release, time.perf_counter_ns
+            # Throughput from a loop timed as a whole: per-operation timer calls would blur
+            # the ratios. Then a few operations timed one by one for the percentiles.
+            started = clock()
+            for _ in range(OVERHEAD_TURN):
                 release(acquire())
-            chunk_ns.append(time.perf_counter_ns() - started)
-        ops, elapsed_ns = chunks * OVERHEAD_CHUNK, sum(chunk_ns)
-        # Latencies from a second, per-operation timed loop (includes ~0.05 us of timer).
-        clock = time.perf_counter_ns
-        durations = [0] * self.settings.overhead_latency_ops
-        for index in range(len(durations)):
-            began = clock()
-            release(acquire())
-            durations[index] = clock() - began
-        return {
-            "ops_per_s": ops * 1e9 / elapsed_ns,
-            "ns_per_op": elapsed_ns / ops,
-            "best_ns_per_op": min(chunk_ns) / OVERHEAD_CHUNK,
-            "errors": 0,
-            "connections_opened": pool.opened() - opened_before,
-            **_latency_keys(durations),
-        }
+            turn_ns[key].append(clock() - started)
+            timed = durations[key]
+            for _ in range(OVERHEAD_TIMED_TURN):
+                began = clock()
+                release(acquire())
+                timed.append(clock() - began)
+
+        _take_turns(pools, failures, warm, 1)
+        gc.collect()
+        _take_turns(pools, failures, turn, max(1, self.settings.overhead_ops // OVERHEAD_TURN))
+        samples: Dict[str, Sample] = {}
+        for key, pool in pools:
+            if key in failures or not turn_ns[key]:
+                continue
+            typical_ns = statistics.median(turn_ns[key]) / OVERHEAD_TURN
+            samples[key] = {
+                "ops_per_s": 1e9 / typical_ns,
+                "ns_per_op": typical_ns,
+                "best_ns_per_op": min(turn_ns[key]) / OVERHEAD_TURN,
+                "errors": 0,
+                "connections_opened": pool.opened() - opened_before[key],
+                **_latency_keys(durations[key]),
+            }
+        return samples
 
 
-class Query(Scenario):
+class Query(GroupScenario):
     name = "query"
     description = "checkout + SELECT 1 + commit + checkin, 1 thread; the held row is the limit"
 
-    @property
-    def rounds(self) -> int:
-        return self.settings.query_rounds
+    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+        rates: Dict[str, List[float]] = {key: [] for key, _ in pools}
+        durations: Dict[str, List[int]] = {key: [] for key, _ in pools}
+        opened_before: Dict[str, int] = {}
 
-    def measure(self, pool: BenchPool) -> Sample:
-        acquire, release = pool.acquire, pool.release
-        conn = acquire()
-        run_select_one(conn)
-        release(conn)
-        opened_before = pool.opened()
-        clock = time.perf_counter_ns
-        durations: List[int] = []
-        started = clock()
-        end = started + int(self.settings.query_seconds * 1e9)
-        while True:
-            began = clock()
-            if began >= end:
-                break
-            conn = acquire()
+        def warm(key: str, pool: BenchPool) -> None:
+            conn = pool.acquire()
             try:
                 run_select_one(conn)
             finally:
-                release(conn)
-            durations.append(clock() - began)
-        elapsed_ns = clock() - started
+                pool.release(conn)
+            opened_before[key] = pool.opened()
+
+        def turn(key: str, pool: BenchPool) -> None:
+            acquire, release, clock = pool.acquire, pool.release, time.perf_counter_ns
+            timed = durations[key]
+            started = clock()
+            for _ in range(QUERY_TURN):
+                began = clock()
+                conn = acquire()
+                try:
+                    run_select_one(conn)
+                finally:
+                    release(conn)
+                timed.append(clock() - began)
+            rates[key].append(QUERY_TURN * 1e9 / (clock() - started))
+
+        _take_turns(pools, failures, warm, 1)
+        # Size the turns from a first one, so a round lasts about query_seconds per pool.
+        started = time.monotonic()
+        _take_turns(pools, failures, turn, 1)
+        first_turn_s = max(1e-3, (time.monotonic() - started) / max(1, len(pools)))
+        turns = max(1, int(self.settings.query_seconds / first_turn_s) - 1)
+        _take_turns(pools, failures, turn, turns)
         return {
-            "ops_per_s": len(durations) * 1e9 / elapsed_ns,
-            "errors": 0,
-            "connections_opened": pool.opened() - opened_before,
-            **_latency_keys(durations),
+            key: {
+                # The median turn: a burst of load elsewhere spoils a few turns, not the figure.
+                "ops_per_s": statistics.median(rates[key]),
+                "errors": 0,
+                "connections_opened": pool.opened() - opened_before[key],
+                **_latency_keys(durations[key]),
+            }
+            for key, pool in pools
+            if key not in failures and rates[key]
         }
 
 
@@ -310,6 +360,8 @@ class Contention(Scenario):
         ideal_wait_ms = mean_hold_ns * max(0.0, threads / self.maxconn - 1) / 1e6
         p99_wait_us = percentile_us(all_waits, 0.99)
         p99_wait_ms = None if p99_wait_us is None else p99_wait_us / 1000.0
+        # The longest wait shows starvation that the p99 over checkouts hides.
+        max_wait_ms = all_waits[-1] / 1e6 if all_waits else None
         return {
             "ops_per_s": sum(counts) / elapsed,
             "errors": sum(failures),
@@ -320,6 +372,7 @@ class Contention(Scenario):
             "min_checkouts": min(counts),
             "max_checkouts": max(counts),
             "p99_wait_ms": p99_wait_ms,
+            "max_wait_ms": max_wait_ms,
             "ideal_wait_ms": ideal_wait_ms,
             "p99_wait_vs_ideal": (
                 p99_wait_ms / ideal_wait_ms if p99_wait_ms is not None and ideal_wait_ms else None
@@ -375,7 +428,7 @@ class Churn(Scenario):
         }
 
 
-class Restart(Scenario):
+class Restart(GroupScenario):
     """The server restarts while every pool holds idle connections; then traffic resumes.
 
     One restart serves all pools of a round: each pool is warmed (``maxconn`` connections
@@ -389,7 +442,22 @@ class Restart(Scenario):
     minconn = 4
     maxconn = 4
 
-    def warm(self, pool: BenchPool) -> None:
+    def __init__(self, settings: Settings, restart_server: Callable[[], None]) -> None:
+        super().__init__(settings)
+        self.restart_server = restart_server
+
+    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+        samples: Dict[str, Sample] = {}
+
+        def resume(key: str, pool: BenchPool) -> None:
+            samples[key] = self._resume(pool)
+
+        _take_turns(pools, failures, self._warm, 1)
+        self.restart_server()
+        _take_turns(pools, failures, resume, 1)
+        return samples
+
+    def _warm(self, key: str, pool: BenchPool) -> None:
         conns = [pool.acquire() for _ in range(self.maxconn)]
         try:
             for conn in conns:
@@ -398,7 +466,7 @@ class Restart(Scenario):
             for conn in conns:
                 pool.release(conn)
 
-    def measure(self, pool: BenchPool) -> Sample:
+    def _resume(self, pool: BenchPool) -> Sample:
         opened_before = pool.opened()
         clock = time.perf_counter_ns
         started = time.monotonic()
@@ -441,7 +509,21 @@ class Restart(Scenario):
         }
 
 
-def make_scenarios(names: Sequence[str], settings: Settings) -> List[Scenario]:
-    """The scenarios named, in the canonical order."""
-    kinds = {kind.name: kind for kind in (Overhead, Query, Contention, Churn, Restart)}
-    return [kinds[name](settings) for name in SCENARIO_NAMES if name in names]
+def make_scenarios(
+    names: Sequence[str],
+    settings: Settings,
+    restart_server: Optional[Callable[[], None]] = None,
+) -> List[Scenario]:
+    """The scenarios named, in the canonical order; ``restart`` needs ``restart_server``."""
+    scenarios: List[Scenario] = []
+    for name in SCENARIO_NAMES:
+        if name not in names:
+            continue
+        if name == "restart":
+            if restart_server is None:
+                raise ValueError("the restart scenario needs a server the bench may restart")
+            scenarios.append(Restart(settings, restart_server))
+        else:
+            kinds = {kind.name: kind for kind in (Overhead, Query, Contention, Churn)}
+            scenarios.append(kinds[name](settings))
+    return scenarios

@@ -219,7 +219,17 @@ def test_a_broken_connection_is_removed_not_freed(pg_dsn: str) -> None:
         assert fresh is not conn and backend_pid(fresh) > 0
 
 
-def test_shutdown_with_busy_connections_never_hangs(pg_dsn: str) -> None:
+def sleeping_backends(admin_conn: Any, application_name: str) -> int:
+    with admin_conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+            "AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'",
+            (application_name,),
+        )
+        return int(cur.fetchone()[0])
+
+
+def test_shutdown_with_busy_connections_never_hangs(pg_dsn: str, admin_conn: Any) -> None:
     dsn = with_app(pg_dsn, "mgr_shutdown")
     baseline = backend_count(pg_dsn)
     in_query, holding, release = threading.Event(), threading.Event(), threading.Event()
@@ -244,7 +254,7 @@ def test_shutdown_with_busy_connections_never_hangs(pg_dsn: str) -> None:
     for thread in threads:
         thread.start()
     assert in_query.wait(5) and holding.wait(5)
-    time.sleep(0.1)  # let the query reach the server
+    assert wait_for(lambda: sleeping_backends(admin_conn, "mgr_shutdown") == 1)
     started = time.monotonic()
     left = PoolManager.shutdown(timeout=0.5)
     assert time.monotonic() - started < 1.5

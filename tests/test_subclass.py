@@ -92,6 +92,29 @@ def locked_calls(base: type) -> type:
     return LockingPool
 
 
+def underscored_overrides(base: type) -> type:
+    class CountingPool(base):  # type: ignore[misc,valid-type]
+        """Overrides the underscored methods, which stock's threaded public ones call."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.calls: List[str] = []
+            super().__init__(*args, **kwargs)
+
+        def _getconn(self, key: Any = None) -> Any:
+            self.calls.append("get")
+            return super()._getconn(key)
+
+        def _putconn(self, conn: Any, key: Any = None, close: bool = False) -> None:
+            self.calls.append("put")
+            super()._putconn(conn, key, close)
+
+        def _closeall(self) -> None:
+            self.calls.append("closeall")
+            super()._closeall()
+
+    return CountingPool
+
+
 def semaphore_wrapped(base: type) -> type:
     class BlockingPool(base):  # type: ignore[misc,valid-type]
         """The well-known recipe: a semaphore of maxconn makes getconn wait, not fail."""
@@ -129,6 +152,7 @@ DIFFERENTIAL_STYLES = {
     "full_override": full_override,
     "custom_keys": custom_keys,
     "locked_calls": locked_calls,
+    "underscored_overrides": underscored_overrides,
 }
 THREADED_STYLES = {**DIFFERENTIAL_STYLES, "semaphore_wrapped": semaphore_wrapped}
 
@@ -171,6 +195,37 @@ def test_connect_override_receives_the_key(module: Any, pg_dsn: str) -> None:
         assert pool.connect_keys == [None, "report", 1]
     finally:
         pool.closeall()
+
+
+@pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])
+def test_threaded_public_methods_call_overridden_underscored_ones(module: Any, pg_dsn: str) -> None:
+    pool = underscored_overrides(module.ThreadedConnectionPool)(1, 2, pg_dsn)
+    conn = pool.getconn()
+    pool.putconn(conn)
+    pool.closeall()
+    assert pool.calls == ["get", "put", "closeall"]
+
+
+@pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])
+def test_threaded_public_methods_call_instance_patched_underscored_ones(
+    module: Any, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test suites patch a pool's methods on the instance (mock.patch.object); stock honours it."""
+    pool = module.ThreadedConnectionPool(1, 2, pg_dsn)
+    calls: List[str] = []
+    for name in ("_getconn", "_putconn", "_closeall"):
+        real = getattr(pool, name)
+
+        def spy(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(pool, name, spy)
+    try:
+        pool.putconn(pool.getconn())
+    finally:
+        pool.closeall()
+    assert calls == ["_getconn", "_putconn", "_closeall"]
 
 
 @pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])

@@ -266,3 +266,24 @@ def test_child_works_when_a_parent_thread_held_the_lock_at_fork(
     finally:
         leave.set()
         holder.join(timeout=10)
+
+
+@pytest.mark.parametrize("explicit_key", [False, True], ids=["auto-key", "explicit-key"])
+def test_child_returning_an_inherited_connection_drops_it(pg_dsn: str, explicit_key: bool) -> None:
+    """``conn = getconn(k); fork(); putconn(conn, k)``: both processes run the put."""
+    with pgpool_compat.ThreadedConnectionPool(1, 3, pg_dsn) as pool:
+        held = pool.getconn("held")
+        held_pid = server_pid(held)
+
+        def child() -> Dict[str, Any]:
+            try:
+                pool.putconn(held, key="held" if explicit_key else None)
+                outcome = "ok"
+            except psycopg2.Error as error:
+                outcome = repr(error)
+            return {"put": outcome, "closed": held.closed, "idle": len(pool._pool)}
+
+        assert run_in_child(child) == {"put": "ok", "closed": 0, "idle": 0}
+        assert server_pid(held) == held_pid  # the parent's session is untouched
+        pool.putconn(held, key="held")
+        assert held in pool._pool

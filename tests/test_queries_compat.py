@@ -671,3 +671,21 @@ def test_session_after_server_restart_gets_a_working_connection(
         assert session.connection is not stale
         assert session.query("SELECT 3 AS three").as_dict() == {"three": 3}
     assert stale.closed
+
+
+def test_string_patch_targets_reach_our_module(queries_on_ours: types.ModuleType) -> None:
+    """``mock.patch("queries.pool....")``, as queries' tests write it, patches our classes."""
+    from queries import pool as imported
+
+    assert imported is pool
+    handles = [mock.Mock(), mock.Mock()]
+    with mock.patch.multiple("queries.pool.Connection", busy=False, closed=False):
+        obj = imported.Pool(new_pid(), max_size=100)
+        for handle in handles:
+            obj.add(handle)
+        assert obj.get(mock.Mock()) is handles[0]
+    with mock.patch("queries.pool.Pool.is_full", new_callable=mock.PropertyMock) as is_full:
+        is_full.return_value = True
+        pid = new_pid()
+        imported.PoolManager.create(pid)
+        assert imported.PoolManager.is_full(pid) is True

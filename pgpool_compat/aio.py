@@ -46,6 +46,7 @@ from .lifecycle import (
     callable_setting,
     default_releaser,
     exhausted_message,
+    flag_setting,
     idle_too_long,
     pool_stats,
     prefill_count,
@@ -129,9 +130,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._reset: Optional[Hook] = callable_setting("reset", reset)
         self._max_idle = seconds_setting("max_idle", max_idle, allow_zero=False)
         self._max_lifetime = seconds_setting("max_lifetime", max_lifetime, allow_zero=False)
-        if not isinstance(lifo, bool):
-            raise TypeError(f"lifo must be True or False, got {lifo!r}")
-        self._lifo = lifo
+        self._lifo = flag_setting("lifo", lifo)
 
         self._idle: Deque[ConnRecord] = deque()  # longest idle on the left
         self._out: Dict[int, ConnRecord] = {}  # id(conn) -> record

@@ -16,6 +16,7 @@ from .health import Driver
 from .lifecycle import (
     callable_setting,
     default_releaser,
+    flag_setting,
     prefill_count,
     seconds_setting,
     size_settings,
@@ -109,7 +110,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
             pool_check=callable_setting("check", check),
             pool_max_idle=seconds_setting("max_idle", max_idle, allow_zero=False),
             pool_max_lifetime=seconds_setting("max_lifetime", max_lifetime, allow_zero=False),
-            pool_lifo=lifo,
+            pool_lifo=flag_setting("lifo", lifo),
         )
         # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
         # idle would churn connections); max_idle is what shrinks the pool.

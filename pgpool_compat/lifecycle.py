@@ -20,6 +20,7 @@ __all__ = [
     "callable_setting",
     "default_releaser",
     "exhausted_message",
+    "flag_setting",
     "idle_too_long",
     "pool_stats",
     "prefill_count",
@@ -133,3 +134,10 @@ def prefill_count(n: Any, default: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
     return n
+
+
+def flag_setting(name: str, value: Any) -> bool:
+    """Validate a True/False keyword of the factory pools (``lifo``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -126,6 +126,15 @@ def test_settings_are_validated_with_their_own_names() -> None:
         AsyncConnectionPool(Factory(), check="ping")
     with pytest.raises(ValueError, match="max_lifetime"):
         AsyncConnectionPool(Factory(), max_lifetime=0)
+    with pytest.raises(TypeError, match="lifo"):
+        AsyncConnectionPool(Factory(), lifo=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefill"):
+        asyncio.run(_prefill_negative())
+
+
+async def _prefill_negative() -> None:
+    async with AsyncConnectionPool(Factory(), min_size=0) as pool:
+        await pool.prefill(-1)
 
 
 def test_stats_keys_match_the_sync_pools() -> None:

@@ -116,6 +116,8 @@ def test_settings_are_validated_with_their_own_names() -> None:
         ConnectionPool(Factory(), check="ping")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^max_idle"):
         ConnectionPool(Factory(), max_idle=0)
+    with pytest.raises(TypeError, match=r"^lifo"):
+        ConnectionPool(Factory(), lifo="yes")  # type: ignore[arg-type]
 
 
 def test_stats_keys_are_the_engine_ones() -> None:

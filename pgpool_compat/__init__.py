@@ -1,21 +1,92 @@
 """pgpool_compat: a drop-in replacement for psycopg2.pool, with production behaviour opt-in.
 
 Change ``from psycopg2 import pool`` to ``import pgpool_compat as pool`` and nothing else.
+
+The PoolManager, factory and async names load on first use: the manager reads its size
+settings from the environment at import, and a bad value there must not break the import of
+the psycopg2.pool replacement.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import PoolError, PoolTimeout, PoolTimeoutError
 from .pool import AbstractConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
 
+if TYPE_CHECKING:
+    from .aio import AsyncConnectionPool
+    from .factory import ConnectionPool
+    from .manager import (
+        ActivePoolError,
+        Connection,
+        ConnectionBusyError,
+        ConnectionNotFoundError,
+        NoIdleConnectionsError,
+        Pool,
+        PoolFullError,
+        PoolManager,
+        PoolManagerError,
+        QueriesException,
+        pool_id,
+    )
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "AsyncConnectionPool": "aio",
+    "ConnectionPool": "factory",
+    **{
+        name: "manager"
+        for name in (
+            "ActivePoolError",
+            "Connection",
+            "ConnectionBusyError",
+            "ConnectionNotFoundError",
+            "NoIdleConnectionsError",
+            "Pool",
+            "PoolFullError",
+            "PoolManager",
+            "PoolManagerError",
+            "QueriesException",
+            "pool_id",
+        )
+    },
+}
 
 __all__ = [
     "AbstractConnectionPool",
+    "ActivePoolError",
+    "AsyncConnectionPool",
+    "Connection",
+    "ConnectionBusyError",
+    "ConnectionNotFoundError",
+    "ConnectionPool",
+    "NoIdleConnectionsError",
+    "Pool",
     "PoolError",
+    "PoolFullError",
+    "PoolManager",
+    "PoolManagerError",
     "PoolTimeout",
     "PoolTimeoutError",
+    "QueriesException",
     "SimpleConnectionPool",
     "ThreadedConnectionPool",
     "__version__",
+    "pool_id",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgpool_compat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -44,12 +44,14 @@ SCENARIO_NAMES: Tuple[str, ...] = ("overhead", "query", "contention", "churn", "
 RETRY_SLEEP_S = 0.001
 #: Past a phase's end, how long a thread may still try to check out before giving up.
 GIVE_UP_GRACE_S = 35.0
-#: Checkouts per timed turn of the overhead scenario (about 2-20 ms).
-OVERHEAD_TURN = 1000
+# Turns are kept well under a scheduler time slice (0.1-2 ms): on a loaded machine a longer
+# turn is more likely to be preempted, which would penalise the slower pools twice.
+#: Checkouts per timed turn of the overhead scenario.
+OVERHEAD_TURN = 100
 #: Checkouts timed one by one after each overhead turn, for the latency percentiles.
-OVERHEAD_TIMED_TURN = 200
-#: Queries per turn of the query scenario (about 5 ms).
-QUERY_TURN = 40
+OVERHEAD_TIMED_TURN = 20
+#: Queries per turn of the query scenario.
+QUERY_TURN = 10
 #: Upper bound on a restart sample: the server may come back slowly on a busy machine.
 RESTART_SAMPLE_LIMIT_S = 20.0
 

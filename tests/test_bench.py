@@ -10,7 +10,9 @@ import io
 import json
 import math
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -27,10 +29,12 @@ from pgpool_compat.bench.adapters import available_pools
 from pgpool_compat.bench.report import format_table, to_json
 from pgpool_compat.bench.runner import Outcome, Row, ScenarioResult, median_sample
 from pgpool_compat.bench.scenarios import SCENARIO_NAMES, percentile_us
+from tests.helpers import backend_count, wait_backend_count
 
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH = (sys.executable, "-m", "pgpool_compat", "bench")
 RESULT_KEYS = {"pool", "ops_per_s", "p50_us", "p99_us", "errors", "connections_opened"}
 STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)")
 
@@ -39,7 +43,7 @@ def _bench_process(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PGPOOL_TEST_DSN", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "pgpool_compat", "bench", *args],
+        [*BENCH, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -173,11 +177,14 @@ def test_starved_thread_shows_in_table_and_is_null_in_json() -> None:
 def test_json_shape_against_a_given_server(pg_dsn: str, tmp_path: Path) -> None:
     target = tmp_path / "bench.json"
     out = io.StringIO()
+    backends_before = backend_count(pg_dsn)
     code = cli.main(
         ["--dsn", pg_dsn, "--quick", "--scenario", "overhead", "query", "--json", str(target)],
         stdout=out,
     )
     assert code == 0
+    # A given server keeps nothing of the run: every connection the bench opened is closed.
+    assert wait_backend_count(pg_dsn, backends_before) == backends_before
     document = json.loads(target.read_text())
     assert set(document) >= {"machine", "scenarios"}
     assert document["machine"]["server"] == "--dsn"
@@ -194,6 +201,37 @@ def test_json_shape_against_a_given_server(pg_dsn: str, tmp_path: Path) -> None:
         assert len(stock) == 1 and stock[0]["vs_stock"] == 1
         assert any(r["pool"].startswith("pgpool_compat ") for r in results)
     assert "psycopg2.pool" in out.getvalue() and "vs stock" in out.getvalue()
+
+
+def test_progress_bar_on_a_terminal(pg_dsn: str) -> None:
+    primary, secondary = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        process = subprocess.Popen(
+            [*BENCH, "--dsn", pg_dsn, "--quick", "--scenario", "overhead"],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            env=env,
+            cwd=str(REPO),
+        )
+        os.close(secondary)
+        stdout, _ = process.communicate(timeout=60)
+        chunks = []
+        while select.select([primary], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0
+    assert "\r[" in terminal and "overhead: psycopg2.pool" in terminal
+    assert "\r[" not in stdout and "overhead: checkout + checkin" in stdout
 
 
 def test_quick_run_with_throwaway_server(tmp_path: Path) -> None:

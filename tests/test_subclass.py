@@ -146,6 +146,29 @@ def abstract_based(abstract: type) -> type:
     return HomeMadePool
 
 
+def vendored_threaded(abstract: type) -> type:
+    class VendoredThreadedPool(abstract):  # type: ignore[misc,valid-type]
+        """Stock's ThreadedConnectionPool copied into an application: its own plain Lock."""
+
+        def __init__(self, minconn: Any, maxconn: Any, *args: Any, **kwargs: Any) -> None:
+            abstract.__init__(self, minconn, maxconn, *args, **kwargs)
+            self._lock = threading.Lock()
+
+        def getconn(self, key: Any = None) -> Any:
+            with self._lock:
+                return self._getconn(key)
+
+        def putconn(self, conn: Any = None, key: Any = None, close: bool = False) -> None:
+            with self._lock:
+                self._putconn(conn, key, close)
+
+        def closeall(self) -> None:
+            with self._lock:
+                self._closeall()
+
+    return VendoredThreadedPool
+
+
 # Styles whose single-threaded behaviour must match stock call for call.
 DIFFERENTIAL_STYLES = {
     "calls_super": calls_super,
@@ -195,6 +218,30 @@ def test_connect_override_receives_the_key(module: Any, pg_dsn: str) -> None:
         assert pool.connect_keys == [None, "report", 1]
     finally:
         pool.closeall()
+
+
+@pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])
+def test_vendored_threaded_pool_with_its_own_lock(module: Any, pg_dsn: str) -> None:
+    """A copy of stock's ThreadedConnectionPool that sets ``self._lock = threading.Lock()``."""
+    pool = vendored_threaded(module.AbstractConnectionPool)(1, 2, pg_dsn)
+    outcome: List[Any] = []
+
+    def use() -> None:
+        conn = pool.getconn()
+        pool.putconn(conn)
+        outcome.append(pool.getconn() is conn)
+
+    worker = threading.Thread(target=use, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    hung = worker.is_alive()
+    if hung:  # the worker stays blocked for good (a daemon): close the connections by hand
+        for conn in [*pool._pool, *pool._used.values()]:
+            conn.close()
+    else:
+        pool.closeall()
+    assert not hung, "getconn deadlocked on the subclass's own non-reentrant _lock"
+    assert outcome == [True]
 
 
 @pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])

@@ -32,8 +32,6 @@ PRODUCTION_OPTIONS: Dict[str, Any] = {
     "pool_check": "socket",
 }
 
-ALL_SCENARIOS: Optional[FrozenSet[str]] = None
-
 
 class BenchPool:
     """A pool as the scenarios drive it.
@@ -81,7 +79,7 @@ class PoolSpec:
     key: str
     label: str
     open: Opener
-    scenarios: Optional[FrozenSet[str]] = ALL_SCENARIOS
+    scenarios: Optional[FrozenSet[str]] = None  # None: every scenario
     is_stock: bool = False
     is_limit: bool = False
 

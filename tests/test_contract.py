@@ -7,6 +7,7 @@ not the contract, so the stock run keeps each test honest.
 from __future__ import annotations
 
 import inspect
+import time
 import uuid
 from collections.abc import Iterator
 from types import ModuleType
@@ -393,3 +394,22 @@ def test_failed_connect_changes_no_books(
     monkeypatch.setattr(psycopg2, "connect", real_connect)
     fresh = pool.getconn()
     assert fresh is not kept and pool._rused[id(fresh)] == 4
+
+
+def test_notification_received_while_idle_reaches_the_next_borrower(
+    make_pool: Callable[..., Any], admin_conn: Any
+) -> None:
+    # The liveness probe reads a readable idle socket: what it reads must not be lost.
+    pool = make_pool(1, 1)
+    conn = pool.getconn()
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("LISTEN pgpool_contract")
+    pool.putconn(conn)
+    with admin_conn.cursor() as cursor:
+        cursor.execute("NOTIFY pgpool_contract, 'while idle'")
+    time.sleep(0.2)  # let it reach the idle connection's socket
+    again = pool.getconn()
+    assert again is conn
+    again.poll()
+    assert [(n.channel, n.payload) for n in again.notifies] == [("pgpool_contract", "while idle")]

@@ -48,19 +48,25 @@ def wait_backend_count(dsn: str, expected: int, timeout: float = 5.0) -> int:
 
 
 def terminate_backends(dsn: str, pids: Iterable[int], timeout: float = 10.0) -> int:
-    """``pg_terminate_backend`` each pid and wait (bounded) until they have all gone.
+    """``pg_terminate_backend`` each pid and wait (bounded) until they have all exited.
 
-    Returns how many were signalled. Raises AssertionError if any is still there after
-    ``timeout`` seconds, so tests never race the server's cleanup.
+    Returns how many were signalled. On PostgreSQL 14+ the server waits until each process is
+    gone (reaped), so its socket is closed and clients can see it; a backend that has merely
+    left ``pg_stat_activity`` may still hold its socket open for a moment. Raises
+    AssertionError if any is still there after ``timeout`` seconds, so tests never race the
+    server's clean-up.
     """
     wanted = sorted(set(pids))
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
+            # PostgreSQL 14+ can wait for the process itself; older ones only signal it.
+            wait = "p, %(ms)s" if conn.server_version >= 140000 else "p"
             cur.execute(
-                "SELECT count(*) FROM unnest(%s::int[]) AS p WHERE pg_terminate_backend(p)",
-                (wanted,),
+                f"SELECT count(*) FROM unnest(%(pids)s::int[]) AS p"
+                f" WHERE pg_terminate_backend({wait})",
+                {"pids": wanted, "ms": int(timeout * 1000)},
             )
             signalled: int = cur.fetchone()[0]
             deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ returns it.
 from __future__ import annotations
 
 import atexit
-import importlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -106,14 +106,13 @@ def _bin_dir() -> Path:
         return Path(find_program("postgres", ["bin"])).parent
     except (ImportError, RuntimeError):
         pass
-    try:
-        # pgserver bundles PostgreSQL binaries in its package directory.
-        pgserver = importlib.import_module("pgserver")
-        bundled = Path(str(pgserver.__file__)).parent / "pginstall" / "bin"
+    # pgserver bundles PostgreSQL binaries in its package directory; find it without importing
+    # it (its import does work we do not need).
+    spec = importlib.util.find_spec("pgserver")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bundled = Path(location) / "pginstall" / "bin"
         if (bundled / "postgres").exists():
             return bundled
-    except ImportError:
-        pass
     raise PostgresNotFound(_INSTALL_HINT)
 
 

@@ -167,7 +167,7 @@ def test_missing_binaries_give_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(harness.shutil, "which", lambda name: None)
     monkeypatch.setattr(testing_postgresql, "find_program", not_found)
-    monkeypatch.setitem(sys.modules, "pgserver", None)  # makes `import pgserver` fail
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # hides an installed pgserver
     with pytest.raises(PostgresNotFound) as info:
         PostgresServer()
     message = str(info.value)

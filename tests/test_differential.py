@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -265,16 +266,19 @@ def run_sequence(
     ours_cls: type,
     seed: int,
     dsn: str,
+    admin_conn: Any,
     ours_options: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Run sequence ``seed`` on a stock-based pool and on ours, failing at the first difference.
 
     ``ours_options`` are extra ``pool_*`` keywords for our pool only. test_subclass.py runs
-    this on subclasses too, so it takes the two classes.
+    this on subclasses too, so it takes the two classes. Afterwards no session the two pools
+    opened may be left on the server (``admin_conn`` looks).
     """
     rng = random.Random(seed)
     minconn, maxconn = _sizes(rng)
-    args, kwargs = _connect_args(rng, dsn)
+    tag = f"pgpool-diff-{os.getpid()}-{seed}"
+    args, kwargs = _connect_args(rng, f"{dsn} application_name={tag}")
     ctor = (minconn, maxconn, *args)
     options = ours_options or {}
     trace: List[str] = [f"{ours_cls.__name__}{ctor!r} {kwargs!r} ours also {options!r}"]
@@ -303,6 +307,22 @@ def run_sequence(
         stock.close()
         if ours is not None:
             ours.close()
+    assert _sessions_left(admin_conn, tag) == 0, f"seed {seed}: a connection outlived its pool"
+
+
+def _sessions_left(admin_conn: Any, application_name: str) -> int:
+    """Sessions still open under this name once closed ones had 5 s to exit (async)."""
+    deadline = time.monotonic() + 5
+    with admin_conn.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            )
+            left: int = cursor.fetchone()[0]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.005)
 
 
 def _compare(stock: Side, ours: Side, trace: List[str], seed: int) -> None:
@@ -321,7 +341,9 @@ def _report(seed: int, trace: List[str], expected: Any, got: Any) -> str:
 
 @pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEQUENCES))
 @pytest.mark.parametrize("pool_name", ["SimpleConnectionPool", "ThreadedConnectionPool"])
-def test_random_sequence_matches_stock(pool_name: str, seed: int, pg_dsn: str) -> None:
+def test_random_sequence_matches_stock(
+    pool_name: str, seed: int, pg_dsn: str, admin_conn: Any
+) -> None:
     stock_cls = getattr(psycopg2.pool, pool_name)
     ours_cls = getattr(pgpool_compat, pool_name)
-    run_sequence(stock_cls, ours_cls, seed, pg_dsn, neutral_options(seed))
+    run_sequence(stock_cls, ours_cls, seed, pg_dsn, admin_conn, neutral_options(seed))

@@ -192,19 +192,19 @@ DIFFERENTIAL_CASES = [
 @pytest.mark.parametrize("seed", range(SEQUENCES_PER_STYLE))
 @pytest.mark.parametrize(("style", "pool_name"), DIFFERENTIAL_CASES)
 def test_subclass_matches_stock_subclass(
-    style: str, pool_name: str, seed: int, pg_dsn: str
+    style: str, pool_name: str, seed: int, pg_dsn: str, admin_conn: Any
 ) -> None:
     factory = DIFFERENTIAL_STYLES[style]
     stock_cls = factory(getattr(psycopg2.pool, pool_name))
     ours_cls = factory(getattr(pgpool_compat, pool_name))
-    run_sequence(stock_cls, ours_cls, 10_000 + seed, pg_dsn)
+    run_sequence(stock_cls, ours_cls, 10_000 + seed, pg_dsn, admin_conn)
 
 
 @pytest.mark.parametrize("seed", range(SEQUENCES_PER_STYLE))
-def test_abstract_based_pool_matches_stock(seed: int, pg_dsn: str) -> None:
+def test_abstract_based_pool_matches_stock(seed: int, pg_dsn: str, admin_conn: Any) -> None:
     stock_cls = abstract_based(psycopg2.pool.AbstractConnectionPool)
     ours_cls = abstract_based(pgpool_compat.AbstractConnectionPool)
-    run_sequence(stock_cls, ours_cls, 20_000 + seed, pg_dsn)
+    run_sequence(stock_cls, ours_cls, 20_000 + seed, pg_dsn, admin_conn)
 
 
 @pytest.mark.parametrize("module", [psycopg2.pool, pgpool_compat], ids=["stock", "ours"])

@@ -122,10 +122,10 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     return module
 
 
-@pytest.fixture
-def parent_pool(impl: ModuleType, pg_dsn: str) -> Iterator[Any]:
-    """A threaded pool with two idle connections and one held by the parent under a key."""
-    pool = impl.ThreadedConnectionPool(3, 5, pg_dsn)
+@pytest.fixture(params=["SimpleConnectionPool", "ThreadedConnectionPool"])
+def parent_pool(request: pytest.FixtureRequest, impl: ModuleType, pg_dsn: str) -> Iterator[Any]:
+    """A pool with three idle connections, of either class."""
+    pool = getattr(impl, request.param)(3, 5, pg_dsn)
     try:
         yield pool
     finally:
@@ -237,10 +237,10 @@ def _fork_three_children(pool: Any, admin_conn: Any) -> None:
 
 
 def test_child_works_when_a_parent_thread_held_the_lock_at_fork(
-    impl: ModuleType, parent_pool: Any
+    impl: ModuleType, pg_dsn: str
 ) -> None:
     """A thread inside the pool at fork time does not exist in the child: its lock is stale."""
-    pool = parent_pool
+    pool = impl.ThreadedConnectionPool(3, 5, pg_dsn)
     inside, leave = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
@@ -266,6 +266,7 @@ def test_child_works_when_a_parent_thread_held_the_lock_at_fork(
     finally:
         leave.set()
         holder.join(timeout=10)
+        pool.closeall()
 
 
 @pytest.mark.parametrize("explicit_key", [False, True], ids=["auto-key", "explicit-key"])

@@ -411,5 +411,8 @@ def test_notification_received_while_idle_reaches_the_next_borrower(
     time.sleep(0.2)  # let it reach the idle connection's socket
     again = pool.getconn()
     assert again is conn
-    again.poll()
+    deadline = time.monotonic() + 5
+    while not again.notifies and time.monotonic() < deadline:  # bounded, for a slow machine
+        again.poll()
+        time.sleep(0.01)
     assert [(n.channel, n.payload) for n in again.notifies] == [("pgpool_contract", "while idle")]

@@ -16,7 +16,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Dict, List, Optional
 
 import psycopg2
@@ -183,11 +182,23 @@ def app_name() -> str:
     return f"pgpool-threads-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def hammered(
-    request: pytest.FixtureRequest, pg_dsn: str, census: Census, app_name: str
-) -> Iterator[Any]:
-    module, options = request.param
+@pytest.mark.parametrize(
+    ("module", "options"),
+    [
+        (pgpool_compat, {}),
+        (pgpool_compat, {"pool_timeout": 20}),
+        (psycopg2.pool, {}),
+    ],
+    ids=["ours", "ours-waiting", "stock"],
+)
+def test_threads_hammer_one_pool(
+    module: Any,
+    options: Dict[str, Any],
+    pg_dsn: str,
+    census: Census,
+    admin_conn: Any,
+    app_name: str,
+) -> None:
     pool = module.ThreadedConnectionPool(
         MINCONN,
         MAXCONN,
@@ -197,26 +208,15 @@ def hammered(
         **options,
     )
     try:
-        yield pool
+        _hammer_and_check(pool, "pool_timeout" in options, census, admin_conn, app_name)
     finally:
         if not pool.closed:
             pool.closeall()
 
 
-@pytest.mark.parametrize(
-    "hammered",
-    [
-        (pgpool_compat, {}),
-        (pgpool_compat, {"pool_timeout": 20}),
-        (psycopg2.pool, {}),
-    ],
-    ids=["ours", "ours-waiting", "stock"],
-    indirect=True,
-)
-def test_threads_hammer_one_pool(
-    hammered: Any, census: Census, admin_conn: Any, app_name: str
+def _hammer_and_check(
+    pool: Any, waits: bool, census: Census, admin_conn: Any, app_name: str
 ) -> None:
-    pool = hammered
     owners = Owners()
     errors: List[str] = []
     tallies = [{"served": 0, "exhausted": 0} for _ in range(THREADS)]
@@ -237,7 +237,7 @@ def test_threads_hammer_one_pool(
     served = sum(tally["served"] for tally in tallies)
     exhausted = sum(tally["exhausted"] for tally in tallies)
     assert served + exhausted == THREADS * OPS_PER_THREAD
-    if getattr(pool, "_options", None) is not None and pool._options.timeout is not None:
+    if waits:
         assert exhausted == 0  # with pool_timeout, callers wait their turn instead
     else:
         assert served >= THREADS * OPS_PER_THREAD // 10  # the hammer really ran

@@ -47,6 +47,10 @@ logger = logging.getLogger("pgpool_compat")
 #: Environment variable naming an existing server to test against instead of a throwaway one.
 DSN_ENV = "PGPOOL_TEST_DSN"
 
+#: ``application_name`` of the harness's own short-lived connections (readiness probes, test
+#: helpers), so backend counts can leave them out while they are still exiting.
+HARNESS_APPLICATION_NAME = "pgpool_compat.testing"
+
 #: Settings every throwaway server gets; ``settings=`` in the constructor overrides them.
 DEFAULT_SETTINGS: dict[str, str] = {
     "listen_addresses": "127.0.0.1",
@@ -418,7 +422,9 @@ class PostgresServer:
                 self._process = None
                 return False
             try:
-                psycopg2.connect(self.dsn, connect_timeout=2).close()
+                psycopg2.connect(
+                    self.dsn, connect_timeout=2, application_name=HARNESS_APPLICATION_NAME
+                ).close()
                 return True
             except psycopg2.OperationalError:
                 time.sleep(0.05)

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg2
 
-# Client backends on the DSN's database, excluding the connection asking.
+from pgpool_compat.testing import HARNESS_APPLICATION_NAME
+
+# Client backends on the DSN's database, excluding the connection asking and the harness's
+# earlier ones: a backend exits asynchronously after its client closes, so the previous
+# helper call's backend can still be listed for a moment.
 _BACKENDS_SQL = """
     SELECT pid FROM pg_stat_activity
     WHERE datname = current_database()
       AND backend_type = 'client backend'
       AND pid <> pg_backend_pid()
+      AND application_name IS DISTINCT FROM %s
     ORDER BY pid
 """
 
 
+def _connect(dsn: str) -> Any:
+    """An autocommit connection tagged as the harness's own (see _BACKENDS_SQL)."""
+    conn = psycopg2.connect(dsn, application_name=HARNESS_APPLICATION_NAME)
+    conn.autocommit = True
+    return conn
+
+
 def backend_pids(dsn: str) -> list[int]:
     """PIDs of the client backends connected to the database of ``dsn`` (not our own)."""
-    conn = psycopg2.connect(dsn)
+    conn = _connect(dsn)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(_BACKENDS_SQL)
+            cur.execute(_BACKENDS_SQL, (HARNESS_APPLICATION_NAME,))
             return [row[0] for row in cur.fetchall()]
     finally:
         conn.close()
@@ -57,9 +69,8 @@ def terminate_backends(dsn: str, pids: Iterable[int], timeout: float = 10.0) -> 
     server's clean-up.
     """
     wanted = sorted(set(pids))
-    conn = psycopg2.connect(dsn)
+    conn = _connect(dsn)
     try:
-        conn.autocommit = True
         with conn.cursor() as cur:
             # PostgreSQL 14+ can wait for the process itself; older ones only signal it.
             wait = "p, %(ms)s" if conn.server_version >= 140000 else "p"

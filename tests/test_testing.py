@@ -189,7 +189,9 @@ def test_shared_fixtures(pg_server: Any, pg_dsn: str, admin_conn: Any) -> None:
 def test_backend_helpers(own_server: PostgresServer) -> None:
     # A private server: nobody else's connections come and go while we count.
     pg_dsn = own_server.dsn
-    before = backend_count(pg_dsn)
+    # Back-to-back counts never see the previous helper call's still-exiting backend.
+    assert [backend_count(pg_dsn) for _ in range(20)] == [0] * 20
+    before = 0
     conns = [psycopg2.connect(pg_dsn) for _ in range(3)]
     try:
         pids = [conn.get_backend_pid() for conn in conns]

@@ -346,12 +346,11 @@ class AsyncConnectionPool(Generic[ConnT]):
         finally:
             self._stats.requests_wait_ms += (time.monotonic() - started) * 1000.0
         if not waiter.done():
-            waiting = len(self._waiters)
             self._abandon(waiter)
             waited = time.monotonic() - started
             logger.info("async pool: checkout timed out after %.3f s", waited)
             limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
-            raise PoolTimeoutError(exhausted_message(waited, limits, waiting))
+            raise PoolTimeoutError(exhausted_message(waited, limits, len(self._waiters)))
         result: Union[ConnRecord, _SlotGrant] = waiter.result()
         return result
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, T
 from .errors import PoolError
 from .health import Driver
 from .lifecycle import (
+    MAX_SECONDS,
     callable_setting,
     default_releaser,
     flag_setting,
@@ -21,7 +22,7 @@ from .lifecycle import (
     seconds_setting,
     size_settings,
 )
-from .options import MAX_SECONDS, PoolOptions
+from .options import PoolOptions
 from .pool import ThreadedConnectionPool
 
 __all__ = ["ConnectionPool", "FactoryDriver"]
@@ -81,6 +82,10 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     than that, less up to 10% random jitter. ``lifo=False`` reuses the longest-idle first.
     """
 
+    # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
+    # idle would churn connections); max_idle is what shrinks the pool.
+    _keep_idle_up_to_maxconn = True
+
     def __init__(
         self,
         factory: Callable[[], ConnT],
@@ -112,9 +117,6 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
             pool_max_lifetime=seconds_setting("max_lifetime", max_lifetime, allow_zero=False),
             pool_lifo=flag_setting("lifo", lifo),
         )
-        # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
-        # idle would churn connections); max_idle is what shrinks the pool.
-        self._idle_cap = self.maxconn
 
     def _new_driver(
         self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions
@@ -123,18 +125,16 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
 
     @property
     def pool_size(self) -> int:
-        """Connections the pool holds: idle, borrowed, and being opened or reset.
-
-        0 once closed: psycopg2.pool's contract keeps the books after ``closeall()``, but
-        every connection in them is closed.
-        """
+        """Connections the pool holds: idle, borrowed, and being opened or reset (0 once
+        closed)."""
         with self._lock:
-            return 0 if self.closed else self._open_count()
+            return self._size_and_idle()[0]
 
     @property
     def idle_count(self) -> int:
         """Connections ready to be handed out at once (0 once closed)."""
-        return 0 if self.closed else len(self._pool)
+        with self._lock:
+            return self._size_and_idle()[1]
 
     def acquire(self) -> ConnT:
         """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``)."""

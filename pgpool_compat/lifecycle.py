@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional, Tuple
 
-from .options import MAX_SECONDS
 from .records import ConnRecord
 from .stats import PoolStats
 
 __all__ = [
     "CLOSED_MESSAGE",
+    "MAX_SECONDS",
     "callable_setting",
     "default_releaser",
     "exhausted_message",
@@ -31,6 +31,9 @@ __all__ = [
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
 
+#: Longest accepted duration: one year. Longer is a typo, and overflows lock timeouts.
+MAX_SECONDS = 365 * 24 * 3600.0
+
 
 def idle_too_long(
     record: ConnRecord, now: float, max_idle: Optional[float], open_count: int, min_size: int
@@ -43,16 +46,16 @@ def idle_too_long(
     return max_idle is not None and now - record.idle_since > max_idle and open_count > min_size
 
 
-def exhausted_message(waited: float, limits: str, waiting: int) -> str:
-    """The timeout message, in the sync engine's words.
+def exhausted_message(waited: float, limits: str, others_waiting: int) -> str:
+    """The timeout message of every pool kind.
 
     It starts with psycopg2.pool's ``connection pool exhausted`` so ``"exhausted" in``
     tests keep working; ``limits`` names the settings, e.g. ``"timeout=2, max_size=5"``;
-    ``waiting`` counts the callers still queued, the one giving up included.
+    ``others_waiting`` counts the callers still queued after the one giving up.
     """
     return (
         f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
-        f"({limits}, {waiting} waiting)"
+        f"({limits}, {others_waiting} other callers still waiting)"
     )
 
 

@@ -6,16 +6,14 @@ everything else goes to ``psycopg2.connect`` untouched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from .lifecycle import MAX_SECONDS, seconds_setting
 
 __all__ = ["MAX_SECONDS", "CheckSetting", "PoolOptions", "ResetSetting", "split_options"]
 
 PREFIX = "pool_"
-
-#: Longest accepted duration: one year. Longer is a typo, and overflows lock timeouts.
-MAX_SECONDS = 365 * 24 * 3600.0
 
 CheckSetting = Union[str, None, Callable[[Any], bool]]
 ResetSetting = Union[str, Callable[[Any], None]]
@@ -40,11 +38,6 @@ class PoolOptions:
     leak_timeout: Optional[float] = None
     background: bool = False
     lifo: bool = True
-
-    @property
-    def idle_cap_is_maxconn(self) -> bool:
-        """With ``pool_max_idle`` returned connections stay open up to ``maxconn``."""
-        return self.max_idle is not None
 
 
 OPTION_NAMES = tuple(PREFIX + field.name for field in fields(PoolOptions))
@@ -79,12 +72,17 @@ def split_options(
 
 
 def _validated(given: Dict[str, Any]) -> PoolOptions:
-    for name in ("timeout", "max_idle", "max_lifetime", "leak_timeout"):
-        if given.get(name) is not None:
-            given[name] = _seconds(name, given[name], allow_zero=name == "timeout")
-    for name in ("ping_after", "check_timeout"):
+    for name in ("timeout", "max_idle", "max_lifetime", "leak_timeout", "ping_after"):
         if name in given:
-            given[name] = _seconds(name, given[name], allow_zero=name == "ping_after")
+            zero_ok = name in ("timeout", "ping_after")
+            given[name] = seconds_setting(PREFIX + name, given[name], allow_zero=zero_ok)
+    if "check_timeout" in given:
+        given["check_timeout"] = seconds_setting(
+            "pool_check_timeout", given["check_timeout"], allow_zero=False
+        )
+    for name in ("ping_after", "check_timeout"):
+        if name in given and given[name] is None:
+            raise TypeError(f"pool_{name} must be a number of seconds, got None")
     check = given.get("check", "socket")
     if not (check is None or callable(check) or check in CHECK_MODES):
         raise ValueError(
@@ -104,14 +102,3 @@ def _validated(given: Dict[str, Any]) -> PoolOptions:
             raise TypeError(f"pool_{flag} must be True or False, got {given[flag]!r}")
     return PoolOptions(**given)
 
-
-def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"pool_{name} must be a number of seconds, got {type(value).__name__}")
-    seconds = float(value)
-    lowest_ok = seconds >= 0 if allow_zero else seconds > 0
-    if math.isnan(seconds) or not lowest_ok or seconds > MAX_SECONDS:
-        bound = "at least 0" if allow_zero else "more than 0"
-        raise ValueError(f"pool_{name} must be {bound} and at most {MAX_SECONDS:.0f} seconds, "
-                         f"got {value!r}")
-    return seconds

@@ -127,6 +127,35 @@ def test_keeper_reports_a_leak_once_with_nobody_calling_the_pool(
     pool.putconn(conn)
 
 
+def _wait_and_keep(pool: Any, got: List[Any]) -> None:
+    got.append(pool.getconn())  # queued: the connection arrives through the hand-off
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["returned", "slot-freed"])
+def test_leak_stack_of_a_connection_handed_to_a_waiter_is_the_waiters(
+    close: bool, pg_dsn: str, pools: List[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = threaded(pools, 1, 1, pg_dsn, pool_timeout=10, pool_leak_timeout=0.2,
+                    pool_background=True, pool_name="handed-leak")  # the keeper reports
+    held = pool.getconn()
+    got: List[Any] = []
+    waiter = threading.Thread(target=_wait_and_keep, args=(pool, got), daemon=True)
+    waiter.start()
+    assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, 5, 0.005)
+    # Straight to the waiter (the connection, or its slot to connect in), who then keeps it
+    # too long.
+    pool.putconn(held, close=close)
+    waiter.join(5)
+    assert len(got) == 1 and (got[0] is held) is not close
+    with caplog.at_level(logging.WARNING, logger="pgpool_compat"):
+        assert wait_until(lambda: bool(leak_warnings(caplog, "handed-leak")), 3, 0.05)
+    warnings = leak_warnings(caplog, "handed-leak")
+    assert len(warnings) == 1, caplog.text
+    # Where the borrower asked for it, not where another thread happened to return it.
+    assert innermost_frame(warnings[0]) == "_wait_and_keep", warnings[0]
+    pool.putconn(got[0])
+
+
 # -- pool_background --------------------------------------------------------------------------
 
 

@@ -256,3 +256,64 @@ def test_a_slot_freed_by_close_goes_to_the_oldest_waiter(
     assert select_one(fresh) == 1
     stats = pool.get_stats()
     assert stats["connections_num"] == 2 and stats["pool_size"] == 1
+
+
+# -- the hand-off combined with other options -------------------------------------------------
+
+
+def test_waiter_gets_a_connection_reset_by_discard(pg_dsn: str, pools: List[Any]) -> None:
+    pool = threaded(pools, 1, 1, pg_dsn, pool_timeout=10, pool_reset="discard")
+    held = pool.getconn()
+    held.autocommit = True
+    with held.cursor() as cursor:
+        cursor.execute("SET search_path TO pg_catalog")
+    waiter = queue(pool, Waiter(pool, "w"), 1)
+    pool.putconn(held)
+    waiter.finish()
+    assert waiter.conn is held and held.autocommit is False
+    with held.cursor() as cursor:
+        cursor.execute("SHOW search_path")
+        assert cursor.fetchone()[0] == '"$user", public'
+    held.rollback()
+    pool.putconn(held)
+
+
+def test_waiter_connects_when_an_expired_connection_comes_back(
+    pg_dsn: str, pools: List[Any]
+) -> None:
+    pool = threaded(pools, 1, 1, pg_dsn, pool_timeout=10, pool_max_lifetime=0.2)
+    held = pool.getconn()
+    waiter = queue(pool, Waiter(pool, "w"), 1)
+    time.sleep(0.25)
+    pool.putconn(held)  # expired: closed, its slot goes to the waiter
+    waiter.finish()
+    assert held.closed and waiter.error is None
+    assert waiter.conn is not held and select_one(waiter.conn) == 1
+    pool.putconn(waiter.conn)
+
+
+def test_a_failed_connect_in_a_waiters_slot_passes_the_slot_on(
+    pg_dsn: str, pools: List[Any]
+) -> None:
+    refuse = threading.Event()
+
+    def configure(conn: Any) -> None:
+        if refuse.is_set():
+            refuse.clear()  # refuse exactly one connection
+            raise RuntimeError("configure refused")
+
+    pool = threaded(pools, 1, 1, pg_dsn, pool_timeout=10, pool_configure=configure)
+    held = pool.getconn()
+    log: List[Any] = []
+    first = queue(pool, Waiter(pool, "first", log=log), 1)
+    second = queue(pool, Waiter(pool, "second", log=log), 2)
+    refuse.set()
+    pool.putconn(held, close=True)  # the slot goes to "first", whose connect fails
+    first.finish()
+    second.finish()
+    assert isinstance(first.error, RuntimeError) and first.conn is None
+    assert second.error is None and select_one(second.conn) == 1  # it got the slot next
+    assert [name for name, _ in log] == ["second"]
+    stats = pool.get_stats()
+    assert stats["connections_errors"] == 1 and stats["pool_size"] == 1
+    pool.putconn(second.conn)

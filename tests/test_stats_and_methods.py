@@ -297,6 +297,31 @@ def test_check_with_ping_pings_every_idle_connection(
         assert query == "SELECT 1"
 
 
+def test_getconn_is_not_refused_while_check_runs(pg_dsn: str, pools: List[Any]) -> None:
+    # check() takes the idle connections out to probe them; a caller arriving meanwhile must not
+    # be told "exhausted" by a pool whose connections are all idle: it should wait for the
+    # probe, as it waits for a return being reset (README, design decisions).
+    probing = threading.Event()
+
+    def slow_check(conn: Any) -> bool:
+        probing.set()
+        time.sleep(0.5)
+        return True
+
+    pool = threaded(pools, 2, 2, pg_dsn, pool_check=slow_check)
+    checker = threading.Thread(target=pool.check, daemon=True)
+    checker.start()
+    assert probing.wait(5)
+    try:
+        conn = pool.getconn()
+    finally:
+        checker.join(5)
+    assert not checker.is_alive()
+    assert scalar(conn, "SELECT 1") == 1
+    conn.rollback()
+    pool.putconn(conn)
+
+
 def test_check_on_a_closed_pool_raises(pg_dsn: str) -> None:
     pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn)
     pool.closeall()

@@ -127,13 +127,13 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     def pool_size(self) -> int:
         """Connections the pool holds: idle, borrowed, and being opened or reset (0 once
         closed)."""
-        with self._lock:
+        with self._engine_lock:
             return self._size_and_idle()[0]
 
     @property
     def idle_count(self) -> int:
         """Connections ready to be handed out at once (0 once closed)."""
-        with self._lock:
+        with self._engine_lock:
             return self._size_and_idle()[1]
 
     def acquire(self) -> ConnT:

@@ -323,11 +323,13 @@ def dirty(conn: Any, role: str) -> None:
     conn.deferrable = True
 
 
+@pytest.mark.parametrize("cls", ["ThreadedConnectionPool", "SimpleConnectionPool"])
 @pytest.mark.parametrize("reset", ["discard", "rollback"])
 def test_discard_leaves_nothing_for_the_next_borrower(
-    reset: str, role: str, pg_dsn: str, pools: List[Any], admin_conn: Any
+    reset: str, cls: str, role: str, pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:
-    pool = threaded(pools, 1, 1, pg_dsn, pool_reset=reset)
+    pool = getattr(pgpool_compat, cls)(1, 1, pg_dsn, pool_reset=reset)
+    pools.append(pool)
     conn = pool.getconn()
     clean = session_state(admin_conn, conn)
     dirty(conn, role)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import time
 import uuid
@@ -113,7 +114,7 @@ def test_socket_probe_keeps_a_connection_with_a_pending_notification(
     conn.autocommit = False
     pool.putconn(conn)
     scalar(admin_conn, f"NOTIFY {channel}, 'hello'; SELECT 1")
-    time.sleep(0.1)
+    assert select.select([conn], [], [], 5)[0]  # the notification is waiting on the socket
     again = pool.getconn()
     assert again is conn
     assert [n.payload for n in conn.notifies] == ["hello"]

@@ -106,23 +106,25 @@ def test_expired_connection_is_closed_on_return(
 
 
 def test_lifetimes_are_jittered_by_up_to_ten_percent(pg_dsn: str, pools: List[Any]) -> None:
-    lifetime, count = 0.5, 12
+    lifetime, count = 0.6, 10
     pool = threaded(pools, count, count, pg_dsn, pool_max_lifetime=lifetime)
-    opened_by = time.monotonic()
     originals = {id(conn) for conn in pool._pool}
     records = [pool._records[id(conn)] for conn in pool._pool]
     spans = [record.expires_at - record.created_at for record in records]
     assert all(lifetime * 0.9 - 1e-9 <= span <= lifetime for span in spans), spans
     assert max(spans) - min(spans) > 0.01, spans  # spread, not one deadline for all
 
-    # Behaviour: before 90% of the lifetime every one is still handed out...
-    time.sleep(max(0.0, lifetime * 0.9 - 0.08 - (time.monotonic() - opened_by)))
+    # Behaviour: shortly before 90% of the lifetime every one is still handed out...
+    first_expiry = min(record.expires_at for record in records)
+    time.sleep(max(0.0, min(r.created_at for r in records) + lifetime * 0.9 - 0.1
+                   - time.monotonic()))
+    assert time.monotonic() < first_expiry - 0.03, "setup too slow to test the early side"
     early = [pool.getconn() for _ in range(count)]
     assert {id(conn) for conn in early} == originals
     for conn in early:
         pool.putconn(conn)
     # ...and after the full lifetime none is.
-    time.sleep(max(0.0, lifetime + 0.05 - (time.monotonic() - opened_by)))
+    time.sleep(max(0.0, max(r.expires_at for r in records) + 0.05 - time.monotonic()))
     late = [pool.getconn() for _ in range(count)]
     assert not {id(conn) for conn in late} & originals
     assert all(conn.closed for conn in early)

@@ -317,3 +317,38 @@ def test_a_failed_connect_in_a_waiters_slot_passes_the_slot_on(
     stats = pool.get_stats()
     assert stats["connections_errors"] == 1 and stats["pool_size"] == 1
     pool.putconn(second.conn)
+
+
+class KeyedWaiter(Waiter):
+    """A waiter that asks for a connection under a given key."""
+
+    def __init__(self, pool: Any, name: str, key: str) -> None:
+        super().__init__(pool, name)
+        self.key = key
+
+    def run(self) -> None:
+        try:
+            self.conn = self.pool.getconn(self.key)
+        except BaseException as error:
+            self.error = error
+
+
+def test_two_waiters_for_the_same_key_share_its_connection(
+    pg_dsn: str, pools: List[Any]
+) -> None:
+    # psycopg2.pool's rule: getconn(key) for a key in use returns that key's connection. Two
+    # callers waiting for one key must never get two connections booked under it.
+    pool = threaded(pools, 2, 2, pg_dsn, pool_timeout=3)
+    first, second = pool.getconn(), pool.getconn()
+    a = queue(pool, KeyedWaiter(pool, "a", "report"), 1)
+    b = queue(pool, KeyedWaiter(pool, "b", "report"), 2)
+    pool.putconn(first)  # "a" gets it under "report"; "b" wants "report" too
+    a.finish()
+    assert a.conn is first
+    pool.putconn(second)
+    b.finish()
+    assert b.error is None and b.conn is first, (b.conn, b.error)
+    assert pool._used == {"report": first}
+    assert second in pool._pool  # the other connection went back idle, not under "report"
+    pool.putconn(first, "report")
+    assert pool._used == {} and pool._rused == {}

@@ -322,6 +322,38 @@ def test_getconn_is_not_refused_while_check_runs(pg_dsn: str, pools: List[Any]) 
     pool.putconn(conn)
 
 
+def test_check_during_a_slow_checkout_never_hands_a_connection_out_twice(
+    pg_dsn: str, pools: List[Any]
+) -> None:
+    # A checkout runs a slow check with the lock released; check() runs meanwhile and puts
+    # the idle connections back. The checkout then goes on to the next idle connection: it must
+    # take it from the pool as it is now, not from a stale copy that check() already shelved.
+    failing: List[Any] = []
+
+    def slow_check(conn: Any) -> bool:
+        if conn in failing:
+            time.sleep(0.6)
+            return False
+        time.sleep(0.05)
+        return True
+
+    pool = threaded(pools, 3, 3, pg_dsn, pool_check=slow_check)
+    oldest, middle, newest = list(pool._pool)
+    failing.append(newest)  # checked out first (LIFO), and found bad after 0.6 s
+    got: List[Any] = []
+    borrower = threading.Thread(target=lambda: got.append(pool.getconn()), daemon=True)
+    borrower.start()
+    time.sleep(0.2)  # the borrower is inside its slow check of the newest
+    assert pool.check() == 0
+    borrower.join(5)
+    assert len(got) == 1 and got[0] in (oldest, middle)
+    assert got[0] not in pool._pool, "handed out and idle at the same time"
+    mine = pool.getconn()
+    assert mine is not got[0], "the same connection handed to two callers"
+    pool.putconn(mine)
+    pool.putconn(got[0])
+
+
 def test_check_on_a_closed_pool_raises(pg_dsn: str) -> None:
     pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn)
     pool.closeall()

@@ -109,6 +109,7 @@ def test_waiter_gets_the_returned_connection(pg_dsn: str, pools: List[Any]) -> N
     stats = pool.get_stats()
     assert stats["requests_queued"] == 1 and stats["requests_errors"] == 0
     assert stats["connections_num"] == 1
+    assert 100 <= stats["requests_wait_ms"] < 5000  # it waited at least the 0.1 s above
     pool.putconn(waiter.conn)
 
 

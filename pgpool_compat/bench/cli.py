@@ -119,6 +119,12 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _load_average() -> List[float]:
+    """1, 5 and 15 minute load averages: how busy the machine was besides the bench."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return [round(value, 2) for value in load]
+
+
 def _server_version(dsn: str) -> str:
     conn = psycopg2.connect(dsn)
     try:
@@ -150,7 +156,6 @@ def describe_machine(
     argv: Sequence[str], server_version: str, throwaway: bool, quick: bool
 ) -> Dict[str, Any]:
     """What ran where, for the table header and the JSON ``machine`` object (no DSN)."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     libpq = extensions.libpq_version()
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -158,7 +163,7 @@ def describe_machine(
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "load_avg_at_start": [round(value, 2) for value in load],
+        "load_avg_at_start": _load_average(),
         "python": platform.python_version(),
         "psycopg2": psycopg2.__version__.split()[0],
         "libpq": f"{libpq // 10000}.{libpq % 10000}",
@@ -172,8 +177,9 @@ def describe_machine(
 def _header(machine: Dict[str, Any]) -> List[str]:
     return [
         f"pgpool_compat bench ({machine['mode']}), {machine['date_utc']} UTC",
-        f"machine: {machine['cpus']} x {machine['cpu']}, {machine['platform']}, "
-        f"load {machine['load_avg_at_start']}",
+        f"machine: {machine['cpus']} x {machine['cpu']}, {machine['platform']}",
+        f"load average (1, 5, 15 min): {machine['load_avg_at_start']} at start,"
+        f" {machine.get('load_avg_at_end', '?')} at end",
         f"python {machine['python']}, psycopg2 {machine['psycopg2']}, libpq {machine['libpq']}, "
         f"PostgreSQL {machine['postgresql']} ({machine['server']})",
         "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's",
@@ -225,6 +231,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     finally:
         if server is not None:
             server.cleanup()
+    machine["load_avg_at_end"] = _load_average()
     outcome.notes[:0] = notes + args.skipped
     out.write(format_table(outcome, _header(machine)))
     out.flush()
@@ -233,5 +240,5 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             json.dump(to_json(outcome, machine, asdict(settings)), target, indent=2)
             target.write("\n")
     if args.plot is not None:
-        write_plot(outcome, args.plot, _header(machine)[:2])
+        write_plot(outcome, args.plot, _header(machine)[:3])
     return 0

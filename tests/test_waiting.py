@@ -353,3 +353,62 @@ def test_two_waiters_for_the_same_key_share_its_connection(
     assert second in pool._pool  # the other connection went back idle, not under "report"
     pool.putconn(first, "report")
     assert pool._used == {} and pool._rused == {}
+
+
+def test_every_option_at_once_under_threads(pg_dsn: str, pools: List[Any]) -> None:
+    """Eight threads borrow from a small pool with every option on, while check() runs too:
+    no connection is ever in two hands, every one handed out works, the books end clean."""
+    maxconn, threads, run_for = 3, 8, 2.5
+    pool = threaded(
+        pools, 1, maxconn, pg_dsn, pool_timeout=10, pool_max_lifetime=0.4, pool_max_idle=0.2,
+        pool_check="ping", pool_ping_after=0.05, pool_reset="discard", pool_background=True,
+        pool_lifo=False, pool_name="everything",
+    )
+    owners: dict[int, str] = {}
+    owners_lock = threading.Lock()
+    problems: List[str] = []
+    deadline = time.monotonic() + run_for
+
+    def borrow(name: str) -> None:
+        while time.monotonic() < deadline and not problems:
+            conn = pool.getconn()
+            with owners_lock:
+                if id(conn) in owners:
+                    problems.append(f"{name} got the connection {owners[id(conn)]} holds")
+                owners[id(conn)] = name
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SHOW search_path")
+                    if cursor.fetchone()[0] != '"$user", public':
+                        problems.append(f"{name} saw another borrower's search_path")
+                    cursor.execute("SET search_path TO pg_catalog")
+                conn.commit()
+            except psycopg2.Error as error:
+                problems.append(f"{name}: {type(error).__name__}: {error}")
+            finally:
+                with owners_lock:
+                    owners.pop(id(conn), None)
+                pool.putconn(conn)
+
+    def checker() -> None:
+        while time.monotonic() < deadline and not problems:
+            pool.check()
+            time.sleep(0.05)
+
+    workers = [threading.Thread(target=borrow, args=(f"t{i}",), daemon=True)
+               for i in range(threads)]
+    workers.append(threading.Thread(target=checker, daemon=True))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(run_for + JOIN)
+    assert not any(worker.is_alive() for worker in workers)
+    assert problems == []
+    with pool._lock:
+        idle = list(pool._pool)
+        assert pool._used == {} and pool._rused == {}
+        assert len(set(map(id, idle))) == len(idle) <= maxconn
+        assert all(not conn.closed for conn in idle)
+    stats = pool.get_stats()
+    assert stats["pool_size"] <= maxconn and stats["requests_waiting"] == 0
+    assert stats["requests_num"] > threads

@@ -3,9 +3,9 @@
 #
 #   bash scripts/test.sh [pytest arguments...]
 #
-# Creates .venv, installs the package with its test extra, makes sure a PostgreSQL server is
-# available (local binaries, the pgserver wheel, or PGPOOL_TEST_DSN) and PgBouncer (Debian
-# package, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
+# Creates .venv, installs the package with its test, bench and plot extras, makes sure a
+# PostgreSQL server is available (local binaries, the pgserver wheel, or PGPOOL_TEST_DSN) and
+# PgBouncer (Debian package, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,8 @@ fi
 VPY=.venv/bin/python
 # Old pips (Python 3.9's bundled one) cannot install a pyproject-only project in editable mode.
 "$VPY" -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
-"$VPY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# bench and plot too: the bench tests run the real benchmark, plot included.
+"$VPY" -m pip install -q --disable-pip-version-check -e '.[test,bench,plot]'
 # queries pins the psycopg2 source distribution; its API is all the manager tests need.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps queries
 

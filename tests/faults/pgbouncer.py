@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import os
 import pwd
 import shutil
@@ -56,6 +57,19 @@ def missing_reason() -> str:
         f"pgbouncer is not installed ({PGBOUNCER} missing; Debian/Ubuntu: apt-get install "
         f"pgbouncer); set {REQUIRE_ENV}=1 to make this a failure"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: die when the test process dies, however it dies (a killed
+    test run must not leave PgBouncer behind). Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
@@ -135,6 +149,7 @@ class PgBouncer:
                 stderr=subprocess.STDOUT,
                 cwd=self._dir,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
                 **extra,
             )
         deadline = time.monotonic() + _START_TIMEOUT
@@ -153,15 +168,15 @@ class PgBouncer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop PgBouncer (SIGTERM: immediate shutdown) and remove its directory; idempotent."""
+        """Stop PgBouncer and remove its directory; idempotent.
+
+        SIGKILL: PgBouncer keeps no state worth a clean exit, and its SIGTERM shutdown takes
+        about two seconds, which every test using it would pay.
+        """
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(_STOP_TIMEOUT)
+            process.kill()
+            process.wait(_STOP_TIMEOUT)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def show(self, what: str) -> List[Dict[str, Any]]:

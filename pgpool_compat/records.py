@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import traceback
 from typing import Any, List, Optional
 
 __all__ = ["LIFETIME_JITTER", "ConnRecord", "jittered_deadline"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: Each lifetime is cut by a random share up to this, so a pool opened at once does not
 #: expire at once (a reconnect storm).
@@ -56,5 +59,8 @@ class ConnRecord:
     def capture_stack(self) -> None:
         """Remember who checked the connection out, for the leak warning."""
         self.leak_reported = False
-        # Drop the pool's own frames: the stack a user wants ends in their code.
-        self.checkout_stack = traceback.format_stack()[:-3]
+        frames = traceback.extract_stack()
+        # Drop the package's own frames: the stack a user wants ends in their code.
+        while frames and frames[-1].filename.startswith(_PACKAGE_DIR):
+            frames.pop()
+        self.checkout_stack = traceback.format_list(frames)

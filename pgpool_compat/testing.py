@@ -76,8 +76,9 @@ _INSTALL_HINT = (
 )
 
 # Signal sent to the postmaster for each shutdown mode (see the PostgreSQL "Shutting Down the
-# Server" docs): SIGINT is a fast shutdown, SIGQUIT an immediate one (crash recovery on start).
-_STOP_SIGNALS = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+# Server" docs): SIGINT is a fast shutdown, SIGQUIT an immediate one (crash recovery on start),
+# SIGKILL a crash of the postmaster alone (its backends linger until they notice).
+_STOP_SIGNALS = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "kill": signal.SIGKILL}
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 30.0
@@ -230,6 +231,7 @@ class PostgresServer:
         self._os_user = _OsUser()
         self._lock = threading.RLock()
         self._process: Optional[subprocess.Popen[bytes]] = None
+        self._started = False  # until the first successful start, a taken port may change
         self._version = self._read_version()
         self._base = Path(tempfile.mkdtemp(prefix=f"{name}-"))
         self._data = self._base / "data"
@@ -292,20 +294,33 @@ class PostgresServer:
                 return
             if not self._data.exists():
                 raise RuntimeError("PostgresServer.start() after cleanup()")
-            for attempt in range(_PORT_ATTEMPTS):
-                if self._launch():
+            deadline = time.monotonic() + _START_TIMEOUT
+            new_ports = 0 if self._fixed_port or self._started else _PORT_ATTEMPTS
+            while True:
+                said = self._launch(deadline)
+                if said is None:
+                    self._started = True
                     return
-                # Another process grabbed our free port between picking and binding it.
-                if self._fixed_port or attempt == _PORT_ATTEMPTS - 1 or not self._bind_failed():
-                    break
-                self.port = _free_port()
-            raise RuntimeError(
-                f"PostgreSQL failed to start on port {self.port}: {self._log_tail()}"
-            )
+                if "could not bind" in said and new_ports > 0:
+                    # Another process took our free port between picking and binding it; only
+                    # the first start may move, later ones keep the port.
+                    new_ports -= 1
+                    self.port = _free_port()
+                elif "pre-existing shared memory block" in said and time.monotonic() < deadline:
+                    # Backends of a killed postmaster are still exiting.
+                    time.sleep(0.1)
+                else:
+                    raise RuntimeError(
+                        f"PostgreSQL failed to start on port {self.port}: {said[-2000:].strip()}"
+                    )
 
     def stop(self, mode: str = "fast") -> None:
-        """Stop the server; ``mode`` is ``"fast"`` (disconnect clients, clean shutdown) or
-        ``"immediate"`` (abort at once, crash recovery on the next start). The port is kept."""
+        """Stop the server and wait until the postmaster has exited. The port is kept.
+
+        ``mode``: ``"fast"`` (disconnect clients, clean shutdown), ``"immediate"`` (abort at
+        once, crash recovery on the next start) or ``"kill"`` (SIGKILL the postmaster, as a
+        crash would; :meth:`start` waits for its orphaned backends to go).
+        """
         if mode not in _STOP_SIGNALS:
             raise ValueError(f"stop mode must be one of {sorted(_STOP_SIGNALS)}, not {mode!r}")
         with self._lock:
@@ -407,34 +422,34 @@ class PostgresServer:
             output = (target.parent / "initdb.log").read_text(errors="replace").strip()
             raise RuntimeError(f"initdb failed ({code}): {output[-2000:]}")
 
-    def _launch(self) -> bool:
-        """Start the postmaster once; True when it accepts connections, False if it died."""
+    def _launch(self, deadline: float) -> Optional[str]:
+        """Start the postmaster once and wait until it accepts connections (None), or return
+        what it logged if it exited instead."""
         args = [str(self._bin / "postgres"), "-D", str(self._data), "-p", str(self.port)]
         settings = {**self._settings, "unix_socket_directories": str(self._data)}
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
         with open(self._log_path, "ab") as log:
+            offset = log.tell()
             process = self._os_user.popen(args, log, cwd=self._base)
         self._process = process
-        deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 self._process = None
-                return False
+                with open(self._log_path, "rb") as log:
+                    log.seek(offset)
+                    return log.read().decode(errors="replace")
             try:
                 psycopg2.connect(
                     self.dsn, connect_timeout=2, application_name=HARNESS_APPLICATION_NAME
                 ).close()
-                return True
+                return None
             except psycopg2.OperationalError:
                 time.sleep(0.05)
         self.stop("immediate")
         raise RuntimeError(
             f"PostgreSQL did not accept connections in {_START_TIMEOUT}s: {self._log_tail()}"
         )
-
-    def _bind_failed(self) -> bool:
-        return "could not bind" in self._log_tail(4000) or "in use" in self._log_tail(4000)
 
     def _log_tail(self, size: int = 2000) -> str:
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -133,6 +135,62 @@ def test_fixed_port_is_used_and_kept() -> None:
         server.restart()
         assert server.port == port
         assert query(server.dsn, "SELECT 5") == 5
+
+
+def occupy_port() -> socket.socket:
+    """A listening loopback socket, so nothing else can bind its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_first_start_moves_off_a_port_taken_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    with occupy_port() as taken:
+        port = taken.getsockname()[1]
+        picks = iter([port])
+        real = harness._free_port
+        monkeypatch.setattr(harness, "_free_port", lambda: next(picks, None) or real())
+        with PostgresServer() as server:
+            assert server.port != port
+            assert query(server.dsn, "SELECT 8") == 8
+
+
+def test_taken_fixed_port_fails_clearly_and_leaves_nothing(tmp_path: Path) -> None:
+    with occupy_port() as taken:
+        before = set(Path(tempfile.gettempdir()).glob("pgpool_compat-taken-*"))
+        with pytest.raises(
+            RuntimeError, match=r"(?s)failed to start on port \d+: .*could not bind"
+        ):
+            PostgresServer(port=taken.getsockname()[1], name="pgpool_compat-taken")
+        assert set(Path(tempfile.gettempdir()).glob("pgpool_compat-taken-*")) == before
+
+
+def test_restart_never_moves_the_port(own_server: PostgresServer) -> None:
+    port = own_server.port
+    own_server.stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match="could not bind"):
+            own_server.start()
+    own_server.start()
+    assert own_server.port == port
+    assert query(own_server.dsn, "SELECT 9") == 9
+
+
+def test_start_after_postmaster_killed(own_server: PostgresServer) -> None:
+    port = own_server.port
+    busy = [psycopg2.connect(own_server.dsn) for _ in range(3)]
+    own_server.stop("kill")
+    assert not own_server.is_running
+    own_server.start()  # waits until the orphaned backends have let go of shared memory
+    assert own_server.port == port
+    assert query(own_server.dsn, "SELECT 10") == 10
+    with pytest.raises(psycopg2.OperationalError), busy[0].cursor() as cur:
+        cur.execute("SELECT 1")
+    for conn in busy:
+        conn.close()
 
 
 def test_two_servers_at_once_are_independent(own_server: PostgresServer) -> None:

@@ -156,7 +156,7 @@ def test_first_start_moves_off_a_port_taken_meanwhile(monkeypatch: pytest.Monkey
             assert query(server.dsn, "SELECT 8") == 8
 
 
-def test_taken_fixed_port_fails_clearly_and_leaves_nothing(tmp_path: Path) -> None:
+def test_taken_fixed_port_fails_clearly_and_leaves_nothing() -> None:
     with occupy_port() as taken:
         before = set(Path(tempfile.gettempdir()).glob("pgpool_compat-taken-*"))
         with pytest.raises(

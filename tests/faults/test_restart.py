@@ -219,16 +219,16 @@ def test_restart_under_load(impl: str, record: Any, own_server: PostgresServer) 
 
 def test_restart_under_load_waiting(impl: str, record: Any, own_server: PostgresServer) -> None:
     """Six threads on four connections with ``pool_timeout``: waiters too survive a restart."""
+    title = "Server restart (fast) under load, 6 threads on 4 connections, pool_timeout=2"
     if impl == "stock":
+        record("restart-load-waiting", title, {"not applicable": "stock cannot wait"})
         pytest.skip("stock psycopg2.pool cannot wait (no pool_timeout)")
     maxconn, timeout = 4, 2.0
     pool = make_pool(impl, 2, maxconn, own_server.dsn, pool_timeout=timeout)
     try:
         measured = run_restart_under_load(pool, own_server, threads=6, maxconn=maxconn)
         measured.update(lost_stats(pool))
-        record("restart-load-waiting",
-               "Server restart (fast) under load, 6 threads on 4 connections, pool_timeout=2",
-               publish(measured))
+        record("restart-load-waiting", title, publish(measured))
         check_recovered(measured, maxconn, slowest_allowed=timeout + 0.5)
         assert measured[LOST] >= 1
         assert pool.get_stats()["requests_waiting"] == 0

@@ -25,6 +25,7 @@ POOLS = (("stock", "stock psycopg2.pool"), ("pgpool_compat", "pgpool_compat"))
 #: Row order: the issue's order (restart, terminate, network, failover, PgBouncer, the rest).
 ORDER = (
     "restart-idle",
+    "crash-idle",
     "restart-load",
     "restart-load-waiting",
     "background-refill",

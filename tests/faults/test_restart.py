@@ -23,14 +23,21 @@ from .support import bounded_query, make_pool, slots_in_use, wait_until
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_restart_idle_pool(impl: str, record: Any, own_server: PostgresServer) -> None:
+RESTARTS = {
+    "fast": ("restart-idle", "Server restart (fast), idle pool"),
+    "immediate": ("crash-idle", "Server crash (immediate stop, crash recovery), idle pool"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(RESTARTS))
+def test_restart_idle_pool(impl: str, mode: str, record: Any, own_server: PostgresServer) -> None:
     """Every idle connection dies with the restart; none of them may be handed out."""
     size = 3
     pool = make_pool(impl, size, size, own_server.dsn)
     try:
         for conn in [pool.getconn() for _ in range(size)]:
             pool.putconn(conn)
-        own_server.restart("fast")
+        own_server.restart(mode)
         up_at = time.monotonic()
         first_ok: Optional[float] = None
         handed = []
@@ -48,7 +55,7 @@ def test_restart_idle_pool(impl: str, record: Any, own_server: PostgresServer) -
         }
         if impl == "pgpool_compat":
             measured["connections_lost (stats)"] = pool.get_stats()["connections_lost"]
-        record("restart-idle", "Server restart (fast), idle pool", measured)
+        record(*RESTARTS[mode], measured)
         if impl == "stock":
             assert dead == size
         else:

@@ -15,10 +15,11 @@ import psycopg2.extensions
 import pytest
 
 from pgpool_compat.testing import PostgresServer
+from tests.helpers import backend_pids
 
 from .pgbouncer import REQUIRE_ENV, PgBouncer, find_pgbouncer, missing_reason
 from .proxy import Proxy
-from .support import IMPLS, Figures, ours_available, reproduce_command
+from .support import IMPLS, Figures, ours_available, reproduce_command, wait_until
 
 Record = Callable[[str, str, Dict[str, Any]], None]
 
@@ -64,15 +65,23 @@ def proxy(pg_dsn: str) -> Iterator[Proxy]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pgbouncer(pg_dsn: str) -> Iterator[PgBouncer]:
-    """PgBouncer in transaction mode in front of the shared server, one per session."""
+    """PgBouncer in transaction mode in front of the shared server, for one test module.
+
+    Gone when the module ends, server connections included: later tests count the shared
+    server's backends and must not see PgBouncer's.
+    """
     if find_pgbouncer() is None:
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(missing_reason(), pytrace=False)
         pytest.skip(missing_reason())
+    before = set(backend_pids(pg_dsn))
     with PgBouncer(pg_dsn) as running:
         yield running
+    assert wait_until(lambda: not set(backend_pids(pg_dsn)) - before, 5), (
+        "PgBouncer's server connections outlived it"
+    )
 
 
 @pytest.fixture

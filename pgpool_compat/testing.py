@@ -4,7 +4,8 @@
 loopback port with trust authentication and durability switched off (tests want speed, not
 crash safety), and removes everything again on :meth:`PostgresServer.cleanup`, on leaving a
 ``with`` block, at interpreter exit, on ``KeyboardInterrupt`` and when the owning process gets
-``SIGTERM``.
+``SIGTERM``. What an owner killed with ``SIGKILL`` left running is stopped and removed by the
+next process that starts a server.
 
 PostgreSQL refuses to run as root, so when the current user is root the server processes
 (``initdb`` and ``postgres``) run as the unprivileged OS user ``postgres`` (or ``nobody`` when
@@ -233,7 +234,7 @@ class PostgresServer:
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._started = False  # until the first successful start, a taken port may change
         self._version = self._read_version()
-        self._base = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self._base = _make_base(f"{name}-")
         self._data = self._base / "data"
         self._log_path = self._base / "postgres.log"
         _register(self)
@@ -387,7 +388,7 @@ class PostgresServer:
         with _templates_lock:
             template = _templates.get(key)
             if template is None or not template.exists():
-                template = Path(tempfile.mkdtemp(prefix="pgpool_compat-template-"))
+                template = _make_base("pgpool_compat-template-")
                 self._os_user.give(template)
                 self._run_initdb(template / "data")
                 _templates[key] = template
@@ -458,6 +459,68 @@ class PostgresServer:
             return "(no server log)"
 
 
+# Each directory we create names its owner (pid in a pid namespace), so a later process can
+# remove what an owner killed with SIGKILL (no atexit, no signal handler) left running.
+_OWNER_FILE = "pgpool_compat.owner"
+
+
+def _owner_tag(pid: int) -> str:
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # no /proc (macOS): the pid alone
+        namespace = ""
+    return f"{pid} {namespace}"
+
+
+def _make_base(prefix: str) -> Path:
+    """A new temporary directory, marked as owned by this process."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    (base / _OWNER_FILE).write_text(_owner_tag(os.getpid()))
+    return base
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _sweep_orphans() -> None:
+    """Remove the directories (and stop the postmasters) of owners that died without cleaning
+    up. Only directories from our pid namespace, and only postmasters whose command line names
+    the directory (a reused pid is left alone)."""
+    for marker in Path(tempfile.gettempdir()).glob(f"*/{_OWNER_FILE}"):
+        try:
+            pid_text, _, namespace = marker.read_text().partition(" ")
+            owner = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if _owner_tag(owner) != f"{pid_text} {namespace}" or _pid_alive(owner):
+            continue
+        base = marker.parent
+        logger.warning("removing %s, left behind by dead process %d", base, owner)
+        _kill_orphan_postmaster(base / "data")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _kill_orphan_postmaster(data: Path) -> None:
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return  # no postmaster, or no way to be sure it is ours
+    if str(data).encode() not in cmdline:
+        return
+    os.kill(pid, signal.SIGQUIT)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _register(server: PostgresServer) -> None:
     """Track a live server so exit paths can clean it up; install those paths once."""
     global _hooks_installed
@@ -474,6 +537,7 @@ def _register(server: PostgresServer) -> None:
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
         signal.signal(signal.SIGTERM, _on_sigterm)
+    _sweep_orphans()
 
 
 def _cleanup_all() -> None:

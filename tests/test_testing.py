@@ -330,3 +330,14 @@ def test_forked_child_exit_leaves_parent_server_alone() -> None:
     assert "parent server alive" in out
     assert process.returncode == 0
     assert not data_dir.exists()
+
+
+def test_leftovers_of_a_sigkilled_owner_are_swept() -> None:
+    process, data_dir, dsn = run_child("wait")
+    process.kill()  # SIGKILL: no atexit, no handler; the postmaster lives on in its session
+    process.wait(30)
+    assert query(dsn, "SELECT 11") == 11
+    assert data_dir.exists()
+    harness._sweep_orphans()  # what the next process using the harness does once
+    assert not data_dir.parent.exists()
+    assert refuses(dsn)

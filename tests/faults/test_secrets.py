@@ -177,6 +177,42 @@ def test_password_never_shown(
         assert seen.errors >= 3 * 6
 
 
+def test_manager_never_shows_password(
+    pg_dsn: str, everything_logged: pytest.LogCaptureFixture
+) -> None:
+    """The queries-style PoolManager, fed the same DSNs: its pool ids, report, reprs and
+    errors (a full pool, a failed connect) never carry the password."""
+    from pgpool_compat import PoolManager
+    from pgpool_compat.dsn import pool_id
+
+    seen = Seen()
+    args_by_form = dsn_forms(pg_dsn)
+    dsns = [args[0] for args, _ in args_by_form.values() if args] + [closed_port_dsn(pg_dsn)]
+    try:
+        for dsn in dsns[:-1]:
+            seen.add("pool_id", pool_id(dsn))
+            with PoolManager.connection(dsn, max_size=1) as conn:
+                seen.add("handle repr", repr(conn))
+                try:
+                    with PoolManager.connection(dsn, max_size=1):
+                        pass
+                except Exception as exc:  # full pool
+                    seen.error(exc)
+        try:
+            with PoolManager.connection(dsns[-1]):
+                pass
+        except Exception as exc:  # connect refused
+            seen.error(exc)
+        seen.add("report", PoolManager.report())
+    finally:
+        seen.add("shutdown", PoolManager.shutdown())
+    for log_record in everything_logged.records:
+        seen.add("log", logging.Formatter("%(message)s").format(log_record))
+    assert seen.errors == len(dsns)
+    leaks = seen.leaks()
+    assert not leaks, leaks[0][:500]
+
+
 # -- isolation -----------------------------------------------------------------------------
 
 ROLE = "pgpool_tenant"

@@ -175,6 +175,7 @@ def run_restart_under_load(
         "slots leaked": leaked,
         "usable slots afterwards": f"{usable} of {maxconn}",
         "_usable": usable,
+        "_error_types_while_down": sorted(book.errors_while_down),
         "_ok_after_up": book.ok_after_up,
     }
 
@@ -194,6 +195,8 @@ def describe_errors(counts: Dict[str, int]) -> str:
 
 def check_recovered(measured: Dict[str, Any], maxconn: int, slowest_allowed: float) -> None:
     assert measured["getconn errors before the restart"] == 0
+    # While down: the server's own error, or PoolTimeout for a waiter; nothing else.
+    assert set(measured["_error_types_while_down"]) <= {"OperationalError", "PoolTimeout"}
     assert measured["dead connections handed out after restart"] == 0
     assert measured["slots leaked"] == 0
     assert measured["putconn raised"] == 0

@@ -158,12 +158,12 @@ def test_first_start_moves_off_a_port_taken_meanwhile(monkeypatch: pytest.Monkey
 
 def test_taken_fixed_port_fails_clearly_and_leaves_nothing() -> None:
     with occupy_port() as taken:
-        before = set(Path(tempfile.gettempdir()).glob("pgpool_compat-taken-*"))
+        name = f"pgpool_compat-taken-{os.getpid()}"  # unique even with concurrent test runs
         with pytest.raises(
             RuntimeError, match=r"(?s)failed to start on port \d+: .*could not bind"
         ):
-            PostgresServer(port=taken.getsockname()[1], name="pgpool_compat-taken")
-        assert set(Path(tempfile.gettempdir()).glob("pgpool_compat-taken-*")) == before
+            PostgresServer(port=taken.getsockname()[1], name=name)
+        assert list(Path(tempfile.gettempdir()).glob(f"{name}-*")) == []
 
 
 def test_restart_never_moves_the_port(own_server: PostgresServer) -> None:

@@ -31,6 +31,7 @@ ORDER = (
     "background-refill",
     "terminate-idle",
     "terminate-borrowed",
+    "terminate-waiter",
     "idle-session-timeout",
     "network-cut",
     "network-stall-ping",

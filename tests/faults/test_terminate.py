@@ -4,6 +4,7 @@ one must never cost a slot."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, List
 
 import psycopg2
@@ -163,6 +164,36 @@ def test_idle_session_timeout(impl: str, record: Any, pg_dsn: str, admin_conn: A
             {"dead connections handed out": f"{dead} of {size}"},
         )
         assert dead == (size if impl == "stock" else 0)
+        assert slots_in_use(pool) == 0
+    finally:
+        pool.closeall()
+
+
+def test_terminated_connection_not_handed_to_waiter(impl: str, record: Any, pg_dsn: str) -> None:
+    """A connection whose backend was terminated while borrowed, returned while another
+    thread waits (``pool_timeout``): the waiter must get a live connection, not the dead one
+    handed over directly."""
+    title = "pg_terminate_backend of a borrowed connection returned to a waiting thread"
+    if impl == "stock":
+        record("terminate-waiter", title, {"not applicable": "stock cannot wait"})
+        pytest.skip("stock psycopg2.pool cannot wait (no pool_timeout)")
+    pool = make_pool(impl, 1, 1, pg_dsn, pool_timeout=5)
+    try:
+        holder = pool.getconn()
+        got: List[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.getconn()), daemon=True)
+        waiter.start()
+        assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, 2)
+        terminate_backends(pg_dsn, [backend_pid(holder)])
+        assert peer_hung_up([holder])
+        pool.putconn(holder)
+        waiter.join(6)
+        assert got, "the waiter got nothing"
+        outcome = bounded_query(got[0])
+        pool.putconn(got[0])
+        record("terminate-waiter", title,
+               {"waiter handed a dead connection": not outcome.ok})
+        assert outcome.ok, f"dead connection handed to the waiter: {outcome.error}"
         assert slots_in_use(pool) == 0
     finally:
         pool.closeall()

@@ -35,6 +35,7 @@ ORDER = (
     "idle-session-timeout",
     "network-cut",
     "network-stall-ping",
+    "network-stall-many",
     "network-blackhole-wait",
     "network-blackhole-connect",
     "failover",

@@ -159,3 +159,39 @@ def test_connect_timeout_blackholed(impl: str, record: Any, proxy: Proxy, pg_dsn
     finally:
         proxy.pass_through()
         pool.closeall()
+
+
+def test_many_stalled_within_pool_timeout(
+    impl: str, record: Any, proxy: Proxy, pg_dsn: str
+) -> None:
+    """Four idle connections silently lost at once, ``pool_check="ping"``: getconn pings them
+    (0.5 s each at most) and must still give up or succeed within ``pool_timeout`` (1 s), as
+    the issue puts it: getconn never hangs past pool_timeout."""
+    size, check_timeout, wait = 4, 0.5, 1.0
+    pool = make_pool(impl, size, size, proxied(proxy, pg_dsn), pool_check="ping",
+                     pool_ping_after=0.1, pool_check_timeout=check_timeout, pool_timeout=wait)
+    try:
+        fill_idle(pool, size)
+        time.sleep(0.2)  # idle longer than pool_ping_after
+        proxy.stall()
+        started = time.monotonic()
+        try:
+            conn = pool.getconn()
+        except psycopg2.pool.PoolError as exc:
+            conn, result = None, f"{type(exc).__name__} after"
+        took = time.monotonic() - started
+        if conn is not None:
+            outcome = bounded_query(conn, timeout=3)
+            result = f"connection ({outcome.status}) after"
+            pool.putconn(conn, close=not outcome.ok)
+        record(
+            "network-stall-many",
+            "Network stall of 4 idle connections at once, pool_check='ping', "
+            "pool_check_timeout=0.5, pool_timeout=1",
+            {"getconn returned": f"{result} {took:.2f} s"},
+        )
+        if impl == "pgpool_compat":
+            assert took <= wait + 0.3, f"getconn took {took:.2f} s with pool_timeout={wait}"
+    finally:
+        proxy.pass_through()
+        pool.closeall()

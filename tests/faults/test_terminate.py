@@ -197,3 +197,26 @@ def test_terminated_connection_not_handed_to_waiter(impl: str, record: Any, pg_d
         assert slots_in_use(pool) == 0
     finally:
         pool.closeall()
+
+
+@pytest.mark.parametrize("body_fails", [False, True], ids=["commit-fails", "body-raises"])
+def test_terminated_inside_connection_block(pg_dsn: str, body_fails: bool) -> None:
+    """``with pool.connection()`` whose backend is terminated inside the block: the commit (or
+    rollback) fails, the error reaches the caller, the slot comes back, the pool works on."""
+    import pgpool_compat
+
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn)
+    try:
+        expected = ZeroDivisionError if body_fails else psycopg2.OperationalError
+        with pytest.raises(expected), pool.connection() as conn:
+            assert bounded_query(conn).ok  # in a transaction now
+            terminate_backends(pg_dsn, [backend_pid_in_tx(conn)])
+            assert peer_hung_up([conn])
+            if body_fails:
+                raise ZeroDivisionError
+        assert slots_in_use(pool) == 0
+        assert pool.get_stats()["pool_size"] == 0
+        with pool.connection() as conn:
+            assert bounded_query(conn).ok
+    finally:
+        pool.closeall()

@@ -34,6 +34,7 @@ ORDER = (
     "terminate-waiter",
     "idle-session-timeout",
     "network-cut",
+    "network-stall-socket",
     "network-stall-ping",
     "network-stall-many",
     "network-blackhole-wait",

@@ -195,3 +195,26 @@ def test_many_stalled_within_pool_timeout(
     finally:
         proxy.pass_through()
         pool.closeall()
+
+
+def test_stall_with_default_check(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """The limit of the default zero-round-trip probe, measured rather than claimed: a
+    silently stalled connection looks healthy to it (only ``pool_check="ping"`` can tell)."""
+    pool = make_pool(impl, 1, 2, proxied(proxy, pg_dsn))
+    try:
+        fill_idle(pool, 1)
+        proxy.stall()
+        conn = pool.getconn()
+        outcome = bounded_query(conn, timeout=1)
+        pool.putconn(conn, close=True)
+        record(
+            "network-stall-socket",
+            "Network stall (silent loss) of an idle connection, default pool_check='socket'",
+            {"first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
+             + (" (cut off by the test)" if outcome.status == "hung" else "")},
+        )
+        assert outcome.status in ("ok", "hung")
+        assert slots_in_use(pool) == 0
+    finally:
+        proxy.pass_through()
+        pool.closeall()

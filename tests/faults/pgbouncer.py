@@ -241,7 +241,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = [part for part in args.command if part != "--"] or [
-        sys.executable, "-m", "pytest", "tests"
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests",
     ]
     from pgpool_compat.testing import PostgresServer, external_dsn
 

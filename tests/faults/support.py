@@ -50,7 +50,7 @@ def ours_available() -> bool:
     return hasattr(pgpool_compat, "ThreadedConnectionPool")
 
 
-def make_pool(impl: str, minconn: int, maxconn: int, dsn: str, **kwargs: Any) -> Any:
+def make_pool(impl: str, minconn: Any, maxconn: Any, dsn: str, **kwargs: Any) -> Any:
     """A ThreadedConnectionPool of ``impl``; stock has no ``pool_*`` options, so they are
     dropped for it and it runs with its only behaviour."""
     if impl == "stock":
@@ -197,4 +197,3 @@ def _now() -> str:
 def reproduce_command(nodeid: str) -> str:
     """The pytest command that re-runs a test for both pools (parameters stripped)."""
     return f"python -m pytest {nodeid.split('[', 1)[0]}"
-

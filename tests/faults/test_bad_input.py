@@ -52,24 +52,44 @@ def return_borrowed(ctx: Ctx) -> None:
 CASES = [
     Case("getconn(unhashable key)", lambda c: c.pool.getconn([]), (TypeError,)),
     Case("putconn(foreign connection)", lambda c: c.pool.putconn(c.foreign), (PoolError,)),
-    Case("putconn(another pool's connection)", lambda c: c.pool.putconn(c.other_conn),
-         (PoolError,)),
+    Case(
+        "putconn(another pool's connection)", lambda c: c.pool.putconn(c.other_conn), (PoolError,)
+    ),
     Case("putconn(not a connection)", lambda c: c.pool.putconn("conn")),
     Case("putconn() with no connection", lambda c: c.pool.putconn()),
     Case("putconn(conn, wrong key)", lambda c: c.pool.putconn(c.borrowed, "nope")),
     Case("putconn(conn, unhashable key)", lambda c: c.pool.putconn(c.borrowed, [])),
-    Case("putconn twice", lambda c: c.pool.putconn(c.borrowed), (PoolError,),
-         prepare=return_borrowed),
-    Case("putconn after closeall", lambda c: c.pool.putconn(c.borrowed), (PoolError,),
-         prepare=close_pool),
+    Case(
+        "putconn twice", lambda c: c.pool.putconn(c.borrowed), (PoolError,), prepare=return_borrowed
+    ),
+    Case(
+        "putconn after closeall",
+        lambda c: c.pool.putconn(c.borrowed),
+        (PoolError,),
+        prepare=close_pool,
+    ),
     Case("getconn after closeall", lambda c: c.pool.getconn(), (PoolError,), prepare=close_pool),
     Case("closeall twice", lambda c: c.pool.closeall(), (PoolError,), prepare=close_pool),
-    Case("connection(unhashable key)", lambda c: c.pool.connection([]).__enter__(),
-         (TypeError,), ours_only=True),
-    Case("connection() after closeall", lambda c: c.pool.connection().__enter__(),
-         (PoolError,), prepare=close_pool, ours_only=True),
-    Case("check() after closeall", lambda c: c.pool.check(), (PoolError,), prepare=close_pool,
-         ours_only=True),
+    Case(
+        "connection(unhashable key)",
+        lambda c: c.pool.connection([]).__enter__(),
+        (TypeError,),
+        ours_only=True,
+    ),
+    Case(
+        "connection() after closeall",
+        lambda c: c.pool.connection().__enter__(),
+        (PoolError,),
+        prepare=close_pool,
+        ours_only=True,
+    ),
+    Case(
+        "check() after closeall",
+        lambda c: c.pool.check(),
+        (PoolError,),
+        prepare=close_pool,
+        ours_only=True,
+    ),
 ]
 
 
@@ -149,7 +169,7 @@ def test_bad_calls(impl: str, record: Any, pg_dsn: str) -> None:
         assert not changed_books, changed_books
 
 
-SIZES = [
+SIZES: List[Tuple[str, Tuple[Any, Any]]] = [
     ("minconn='abc'", ("abc", 2)),
     ("maxconn=None", (1, None)),
     ("minconn > maxconn", (3, 1)),
@@ -189,9 +209,14 @@ def test_absurd_sizes(impl: str, record: Any, pg_dsn: str) -> None:
             continue
         accepted.append(name)
     leaked = backend_count(pg_dsn) - opened_before
-    record("bad-sizes", "Absurd pool sizes (minconn > maxconn, negative, 0, 10**9, non-numbers)",
-           {"accepted without error": ", ".join(accepted) or "none",
-            "connections left open by rejected constructors": leaked})
+    record(
+        "bad-sizes",
+        "Absurd pool sizes (minconn > maxconn, negative, 0, 10**9, non-numbers)",
+        {
+            "accepted without error": ", ".join(accepted) or "none",
+            "connections left open by rejected constructors": leaked,
+        },
+    )
     assert leaked == 0
     if impl == "pgpool_compat":
         assert not accepted

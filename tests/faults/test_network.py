@@ -49,8 +49,11 @@ def test_cut(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
         dead = sum(not bounded_query(conn).ok for conn in handed)
         for conn in handed:
             pool.putconn(conn)
-        record("network-cut", "Network cut: both sides of idle connections closed",
-               {"dead connections handed out": f"{dead} of {size}"})
+        record(
+            "network-cut",
+            "Network cut: both sides of idle connections closed",
+            {"dead connections handed out": f"{dead} of {size}"},
+        )
         assert dead == (size if impl == "stock" else 0)
         assert slots_in_use(pool) == 0
     finally:
@@ -61,8 +64,15 @@ def test_stall_detected_by_ping(impl: str, record: Any, proxy: Proxy, pg_dsn: st
     """An idle connection whose packets silently vanish (the socket probe cannot see that) is
     caught by ``pool_check="ping"`` within ``pool_check_timeout``; a fresh one is handed out."""
     check_timeout = 0.5
-    pool = make_pool(impl, 1, 2, proxied(proxy, pg_dsn), pool_check="ping",
-                     pool_ping_after=0.1, pool_check_timeout=check_timeout)
+    pool = make_pool(
+        impl,
+        1,
+        2,
+        proxied(proxy, pg_dsn),
+        pool_check="ping",
+        pool_ping_after=0.1,
+        pool_check_timeout=check_timeout,
+    )
     try:
         fill_idle(pool, 1)
         time.sleep(0.2)  # idle longer than pool_ping_after
@@ -76,9 +86,11 @@ def test_stall_detected_by_ping(impl: str, record: Any, proxy: Proxy, pg_dsn: st
             "network-stall-ping",
             "Network stall (silent loss) of an idle connection, pool_check='ping', "
             "pool_check_timeout=0.5",
-            {"getconn took (s)": got_after,
-             "first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
-             + (" (cut off by the test)" if outcome.status == "hung" else "")},
+            {
+                "getconn took (s)": got_after,
+                "first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
+                + (" (cut off by the test)" if outcome.status == "hung" else ""),
+            },
         )
         if impl == "stock":
             assert outcome.status == "hung"
@@ -113,10 +125,8 @@ def test_wait_bounded_when_blackholed(impl: str, record: Any, proxy: Proxy, pg_d
         pool.putconn(conn)
         record(
             "network-blackhole-wait",
-            "Blackholed network, pool at maxconn, getconn from another thread "
-            "(pool_timeout=0.5)",
-            {"getconn gave up after (s)": waited,
-             "error": str(caught.value).splitlines()[0]},
+            "Blackholed network, pool at maxconn, getconn from another thread (pool_timeout=0.5)",
+            {"getconn gave up after (s)": waited, "error": str(caught.value).splitlines()[0]},
         )
         assert str(caught.value).startswith("connection pool exhausted")
         if impl == "pgpool_compat":
@@ -145,13 +155,18 @@ def test_connect_timeout_blackholed(impl: str, record: Any, proxy: Proxy, pg_dsn
         conn = pool.getconn()
         recovered = bounded_query(conn).ok
         pool.putconn(conn)
-        measured = {"connect failed after (s)": failed_after,
-                    "error": str(caught.value).strip().splitlines()[-1],
-                    "slots leaked": leaked}
+        measured = {
+            "connect failed after (s)": failed_after,
+            "error": str(caught.value).strip().splitlines()[-1],
+            "slots leaked": leaked,
+        }
         if impl == "pgpool_compat":
             measured["connections_errors (stats)"] = pool.get_stats()["connections_errors"]
-        record("network-blackhole-connect",
-               f"Connect to a blackholed server (connect_timeout={CONNECT_TIMEOUT})", measured)
+        record(
+            "network-blackhole-connect",
+            f"Connect to a blackholed server (connect_timeout={CONNECT_TIMEOUT})",
+            measured,
+        )
         assert CONNECT_TIMEOUT - 0.2 <= failed_after <= CONNECT_TIMEOUT + 1.5
         assert leaked == 0 and recovered
         if impl == "pgpool_compat":
@@ -168,8 +183,16 @@ def test_many_stalled_within_pool_timeout(
     (0.5 s each at most) and must still give up or succeed within ``pool_timeout`` (1 s), as
     the issue puts it: getconn never hangs past pool_timeout."""
     size, check_timeout, wait = 4, 0.5, 1.0
-    pool = make_pool(impl, size, size, proxied(proxy, pg_dsn), pool_check="ping",
-                     pool_ping_after=0.1, pool_check_timeout=check_timeout, pool_timeout=wait)
+    pool = make_pool(
+        impl,
+        size,
+        size,
+        proxied(proxy, pg_dsn),
+        pool_check="ping",
+        pool_ping_after=0.1,
+        pool_check_timeout=check_timeout,
+        pool_timeout=wait,
+    )
     try:
         fill_idle(pool, size)
         time.sleep(0.2)  # idle longer than pool_ping_after
@@ -210,8 +233,10 @@ def test_stall_with_default_check(impl: str, record: Any, proxy: Proxy, pg_dsn: 
         record(
             "network-stall-socket",
             "Network stall (silent loss) of an idle connection, default pool_check='socket'",
-            {"first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
-             + (" (cut off by the test)" if outcome.status == "hung" else "")},
+            {
+                "first statement": f"{outcome.status} after {outcome.elapsed:.2f} s"
+                + (" (cut off by the test)" if outcome.status == "hung" else "")
+            },
         )
         assert outcome.status in ("ok", "hung")
         assert slots_in_use(pool) == 0

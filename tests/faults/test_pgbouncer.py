@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import psycopg2
 import psycopg2.pool
@@ -104,10 +104,17 @@ def test_options_through_pgbouncer(pgbouncer: PgBouncer, table: str) -> None:
 
     if not hasattr(pgpool_compat, "ThreadedConnectionPool"):
         pytest.skip("pgpool_compat.ThreadedConnectionPool is not there yet")
-    configured = []
+    configured: List[Any] = []
     pool = pgpool_compat.ThreadedConnectionPool(
-        1, 1, pgbouncer.dsn, pool_timeout=2, pool_check="ping", pool_ping_after=0,
-        pool_reset="discard", pool_configure=configured.append, pool_max_lifetime=0.5,
+        1,
+        1,
+        pgbouncer.dsn,
+        pool_timeout=2,
+        pool_check="ping",
+        pool_ping_after=0,
+        pool_reset="discard",
+        pool_configure=configured.append,
+        pool_max_lifetime=0.5,
     )
     try:
         holder = pool.getconn()

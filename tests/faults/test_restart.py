@@ -218,8 +218,11 @@ def test_restart_under_load(impl: str, record: Any, own_server: PostgresServer) 
         measured = run_restart_under_load(pool, own_server, threads=maxconn, maxconn=maxconn)
         if impl == "pgpool_compat":
             measured.update(lost_stats(pool))
-        record("restart-load", "Server restart (fast) under load, 4 threads, defaults",
-               publish(measured))
+        record(
+            "restart-load",
+            "Server restart (fast) under load, 4 threads, defaults",
+            publish(measured),
+        )
         if impl == "pgpool_compat":
             check_recovered(measured, maxconn, slowest_allowed=1.0)
             assert measured[LOST] >= 1
@@ -266,8 +269,10 @@ def test_background_refill(impl: str, record: Any, own_server: PostgresServer) -
         record(
             "background-refill",
             "minconn refill after a restart with nobody calling getconn (pool_background=True)",
-            {"server backends back (s)": refill_s,
-             "dead connections handed out": f"{dead} of {minconn}"},
+            {
+                "server backends back (s)": refill_s,
+                "dead connections handed out": f"{dead} of {minconn}",
+            },
         )
         if impl == "stock":
             assert not refilled

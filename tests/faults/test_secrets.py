@@ -74,16 +74,20 @@ class Seen:
         return [text for text in self.texts if PASSWORD in text]
 
 
-def exercise(
-    impl: str, args: Any, kwargs: Any, pg_dsn: str, seen: Seen, *, leak: bool
-) -> None:
+def exercise(impl: str, args: Any, kwargs: Any, pg_dsn: str, seen: Seen, *, leak: bool) -> None:
     """Drive one pool through checkouts, a timed-out wait, a leak (if ``leak``: it costs a
     second), dead connections, a failed connect, bad options and closeall, keeping every
     string it shows."""
     options: Dict[str, Any] = {}
     if impl == "pgpool_compat":
-        options = dict(pool_timeout=0.1, pool_leak_timeout=0.05, pool_reset="discard",
-                       pool_check="ping", pool_ping_after=0, pool_max_lifetime=60)
+        options = dict(
+            pool_timeout=0.1,
+            pool_leak_timeout=0.05,
+            pool_reset="discard",
+            pool_check="ping",
+            pool_ping_after=0,
+            pool_max_lifetime=60,
+        )
     pool = (psycopg2.pool.ThreadedConnectionPool if impl == "stock" else _ours())(
         1, 2, *args, **kwargs, **options
     )
@@ -249,9 +253,7 @@ def leave_state_behind(conn: Any) -> None:
     conn.readonly = True
 
 
-def test_discard_isolates_borrowers(
-    impl: str, record: Any, pg_dsn: str, tenant_role: str
-) -> None:
+def test_discard_isolates_borrowers(impl: str, record: Any, pg_dsn: str, tenant_role: str) -> None:
     reset = "discard" if impl == "pgpool_compat" else "rollback"
     pool = make_pool(impl, 1, 1, pg_dsn, pool_reset=reset)
     try:
@@ -279,9 +281,11 @@ def test_discard_isolates_borrowers(
             "isolation-discard",
             "Session state left by one borrower (SET ROLE, search_path, temp table, prepared "
             "statement, advisory lock, autocommit/readonly), seen by the next",
-            {"pool_reset": reset,
-             "state reaching the next borrower": f"{len(survived)} of {total}"
-             + (f" ({', '.join(survived)})" if survived else "")},
+            {
+                "pool_reset": reset,
+                "state reaching the next borrower": f"{len(survived)} of {total}"
+                + (f" ({', '.join(survived)})" if survived else ""),
+            },
         )
         if impl == "stock":
             assert len(survived) == total

@@ -87,8 +87,7 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
 
     def server_count() -> int:
         with admin.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                        (app,))
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,))
             count: int = cur.fetchone()[0]
             return count
 
@@ -179,8 +178,7 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
         def kill_backend(self, data: st.DataObject) -> None:
             tally["steps"] += 1
             choices = [("idle", i) for i, (_, alive) in enumerate(self.idle) if alive]
-            choices += [("borrowed", k) for k, c in self.borrowed.items()
-                        if not self.is_killed(c)]
+            choices += [("borrowed", k) for k, c in self.borrowed.items() if not self.is_killed(c)]
             if not choices:
                 return
             where, which = data.draw(st.sampled_from(sorted(choices, key=repr)))
@@ -191,8 +189,11 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
             if where == "idle":
                 self.idle[which] = (conn, False)
 
-        @precondition(lambda self: not self.closed and not self.borrowed
-                      and all(alive for _, alive in self.idle))
+        @precondition(
+            lambda self: (
+                not self.closed and not self.borrowed and all(alive for _, alive in self.idle)
+            )
+        )
         @rule(size=st.integers(2, MAXCONN))
         def burst(self, size: int) -> None:
             """``size`` threads check out, query and return at the same moment."""
@@ -241,8 +242,9 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
                 return
             used = sorted(id(c) for c in self.pool._used.values())
             assert used == sorted(id(c) for c in self.borrowed.values()), "borrowed differ"
-            assert [id(c) for c in self.pool._pool] == [id(c) for c, _ in self.idle], \
+            assert [id(c) for c in self.pool._pool] == [id(c) for c, _ in self.idle], (
                 "idle list differs from the model"
+            )
             if hasattr(self.pool, "get_stats"):
                 stats = self.pool.get_stats()
                 assert stats["pool_size"] == len(self.borrowed) + len(self.idle)
@@ -251,8 +253,9 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
         @invariant()
         def server_agrees(self) -> None:
             if self.closed:
-                expected = sum(not self.is_killed(c) and not c.closed
-                               for c in self.borrowed.values())
+                expected = sum(
+                    not self.is_killed(c) and not c.closed for c in self.borrowed.values()
+                )
             else:
                 expected = sum(alive for _, alive in self.idle) + sum(
                     not self.is_killed(c) for c in self.borrowed.values()
@@ -287,17 +290,23 @@ def test_pool_against_model(impl: str, record: Any, pg_dsn: str, admin_conn: Any
     )
     divergence: Optional[BaseException] = None
     try:
-        run_state_machine_as_test(machine, settings=budget)
+        run_state_machine_as_test(machine, settings=budget)  # type: ignore[no-untyped-call]
     except Exception as exc:
         divergence = exc
-    first_line = (str(divergence).strip().splitlines() or [type(divergence).__name__])[0] \
-        if divergence is not None else "none"
+    first_line = (
+        (str(divergence).strip().splitlines() or [type(divergence).__name__])[0]
+        if divergence is not None
+        else "none"
+    )
     record(
         "stateful-model",
         "Hypothesis state machine: getconn/putconn/foreign put/kill backend/burst/closeall "
         f"on {THREADS} threads vs a model",
-        {"examples run": tally["examples"], "steps run": tally["steps"],
-         "first divergence": first_line},
+        {
+            "examples run": tally["examples"],
+            "steps run": tally["steps"],
+            "first divergence": first_line,
+        },
     )
     if impl == "pgpool_compat" and divergence is not None:
         raise divergence

@@ -191,8 +191,7 @@ def test_terminated_connection_not_handed_to_waiter(impl: str, record: Any, pg_d
         assert got, "the waiter got nothing"
         outcome = bounded_query(got[0])
         pool.putconn(got[0])
-        record("terminate-waiter", title,
-               {"waiter handed a dead connection": not outcome.ok})
+        record("terminate-waiter", title, {"waiter handed a dead connection": not outcome.ok})
         assert outcome.ok, f"dead connection handed to the waiter: {outcome.error}"
         assert slots_in_use(pool) == 0
     finally:

@@ -37,6 +37,7 @@ ORDER = (
     "network-stall-socket",
     "network-stall-ping",
     "network-stall-many",
+    "network-stall-return",
     "network-blackhole-wait",
     "network-blackhole-connect",
     "failover",

@@ -243,3 +243,56 @@ def test_stall_with_default_check(impl: str, record: Any, proxy: Proxy, pg_dsn: 
     finally:
         proxy.pass_through()
         pool.closeall()
+
+
+def test_stall_during_return(impl: str, record: Any, proxy: Proxy, pg_dsn: str) -> None:
+    """The network stalls while a borrower returns a connection inside a transaction: the
+    return's rollback waits for an answer that does not come. Other threads must keep
+    getting connections meanwhile (no lock held across that I/O); once the network heals the
+    return completes and nothing leaks."""
+    pool = make_pool(impl, 1, 2, proxied(proxy, pg_dsn))
+    returned = threading.Event()
+    other: List[str] = []
+    try:
+        conn = pool.getconn()
+        assert bounded_query(conn).ok  # in a transaction: the return must roll back
+        proxy.stall()
+        returner = threading.Thread(
+            target=lambda: (pool.putconn(conn), returned.set()), daemon=True
+        )
+        returner.start()
+        time.sleep(0.3)  # the returner is inside its rollback now
+
+        def borrow() -> None:
+            started = time.monotonic()
+            fresh = pool.getconn()  # a new connection: the stall hits old ones only
+            other.append(f"got a connection after {time.monotonic() - started:.2f} s")
+            pool.putconn(fresh)
+
+        borrower = threading.Thread(target=borrow, daemon=True)
+        borrower.start()
+        borrower.join(2)
+        returned_while_stalled = returned.wait(0.1)
+        during_stall = list(other)
+        proxy.pass_through()
+        healed_at = time.monotonic()
+        assert returned.wait(5), "the return never completed after the network healed"
+        borrower.join(5)
+        record(
+            "network-stall-return",
+            "Network stall while a connection is returned inside a transaction "
+            "(its rollback gets no answer)",
+            {
+                "putconn returned during the stall": returned_while_stalled,
+                "putconn returned after healing (s)": time.monotonic() - healed_at,
+                "another thread's getconn during the stall": during_stall[0]
+                if during_stall
+                else "blocked until the network healed",
+            },
+        )
+        assert slots_in_use(pool) == 0
+        if impl == "pgpool_compat":
+            assert during_stall, "getconn blocked by a stalled return"
+    finally:
+        proxy.pass_through()
+        pool.closeall()

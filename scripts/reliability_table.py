@@ -41,6 +41,7 @@ ORDER = (
     "network-blackhole-wait",
     "network-blackhole-connect",
     "failover",
+    "pgbouncer-restart",
     "pgbouncer-session-state",
     "stateful-model",
     "fork",

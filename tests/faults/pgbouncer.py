@@ -167,16 +167,25 @@ class PgBouncer:
                     ) from None
                 time.sleep(0.05)
 
-    def stop(self) -> None:
-        """Stop PgBouncer and remove its directory; idempotent.
+    def kill(self) -> None:
+        """Kill the PgBouncer process (SIGKILL), keeping its configuration for :meth:`start`.
 
-        SIGKILL: PgBouncer keeps no state worth a clean exit, and its SIGTERM shutdown takes
-        about two seconds, which every test using it would pay.
+        PgBouncer keeps no state worth a clean exit, and its SIGTERM shutdown takes about two
+        seconds, which every test using it would pay.
         """
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(_STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port: every client connection is cut."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """Kill PgBouncer and remove its directory; idempotent."""
+        self.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def show(self, what: str) -> List[Dict[str, Any]]:

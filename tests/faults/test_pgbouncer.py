@@ -27,7 +27,7 @@ import psycopg2.pool
 import pytest
 
 from .pgbouncer import PgBouncer, find_pgbouncer
-from .support import bounded_query, make_pool, slots_in_use
+from .support import bounded_query, make_pool, peer_hung_up, slots_in_use
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -170,3 +170,34 @@ def test_session_state_behind_pgbouncer(impl: str, record: Any, pg_dsn: str) -> 
         {"pool_reset": reset, "SET seen by another client": leaked},
     )
     assert leaked == (reset == "rollback")
+
+
+def test_pgbouncer_restart(impl: str, record: Any, pg_dsn: str) -> None:
+    """PgBouncer itself restarts (killed, started again on the same port): every pooled
+    client connection is cut, and none of them may be handed out."""
+    if find_pgbouncer() is None:
+        pytest.skip("pgbouncer is not installed")
+    size = 2
+    with PgBouncer(pg_dsn) as bouncer:
+        pool = make_pool(impl, size, size, bouncer.dsn)
+        try:
+            idle = [pool.getconn() for _ in range(size)]
+            for conn in idle:
+                assert bounded_query(conn).ok
+                conn.rollback()
+                pool.putconn(conn)
+            bouncer.restart()
+            assert peer_hung_up(idle)
+            handed = [pool.getconn() for _ in range(size)]
+            dead = sum(not bounded_query(conn).ok for conn in handed)
+            for conn in handed:
+                pool.putconn(conn)
+            record(
+                "pgbouncer-restart",
+                "PgBouncer restarted in front of the server, idle pool",
+                {"dead connections handed out": f"{dead} of {size}"},
+            )
+            assert dead == (size if impl == "stock" else 0)
+            assert slots_in_use(pool) == 0
+        finally:
+            pool.closeall()

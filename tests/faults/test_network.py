@@ -261,10 +261,12 @@ def test_stall_during_return(impl: str, record: Any, proxy: Proxy, pg_dsn: str) 
         conn = pool.getconn()
         assert bounded_query(conn).ok  # in a transaction: the return must roll back
         proxy.stall()
-        returner = threading.Thread(
-            target=lambda: (pool.putconn(conn), returned.set()), daemon=True
-        )
-        returner.start()
+
+        def give_back() -> None:
+            pool.putconn(conn)
+            returned.set()
+
+        threading.Thread(target=give_back, daemon=True).start()
         time.sleep(0.3)  # the returner is inside its rollback now
 
         def borrow() -> None:

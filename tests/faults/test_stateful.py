@@ -216,7 +216,7 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
                 assert all(r.result(STEP_TIMEOUT) for r in results), "dead connection in burst"
             finally:
                 pool_for_burst.shutdown(wait=True)
-            assert len(self.pool._pool) == min(MINCONN, len(self.idle) + size)
+            assert len(self.pool._pool) == min(MINCONN, len(self.idle) + size), "idle count"
             self.idle = [(conn, True) for conn in self.pool._pool]
 
         @precondition(lambda self: not self.closed)

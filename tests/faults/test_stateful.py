@@ -240,6 +240,8 @@ def build_machine(impl: str, dsn: str, admin: Any, tally: Dict[str, int]) -> typ
         def books_match_model(self) -> None:
             if self.closed:
                 return
+            reverse = {id(conn): key for key, conn in self.pool._used.items()}
+            assert self.pool._rused == reverse, "_rused is not the inverse of _used"
             used = sorted(id(c) for c in self.pool._used.values())
             assert used == sorted(id(c) for c in self.borrowed.values()), "borrowed differ"
             assert [id(c) for c in self.pool._pool] == [id(c) for c, _ in self.idle], (

@@ -547,6 +547,9 @@ def queries_on_ours() -> Iterator[types.ModuleType]:
     sys.modules["queries.pool"] = pool
     try:
         fresh = importlib.import_module("queries")
+        # An injected submodule is not set as the package's attribute by the import system;
+        # mock.patch("queries.pool...") on Python 3.9 (and `queries.pool.X` anywhere) needs it.
+        fresh.pool = pool  # type: ignore[attr-defined]
         assert sys.modules["queries.session"].pool is pool
         yield fresh
     finally:

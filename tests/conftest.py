@@ -108,3 +108,13 @@ def admin_conn(pg_dsn: str) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Any]]:
+    """Pools a test builds; whatever it leaves open is closed afterwards."""
+    created: list[Any] = []
+    yield created
+    for pool in created:
+        if not pool.closed:
+            pool.closeall()

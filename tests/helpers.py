@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg2
 
+import pgpool_compat
 from pgpool_compat.testing import HARNESS_APPLICATION_NAME
 
 # Client backends on the DSN's database, excluding the connection asking and the harness's
@@ -93,3 +94,23 @@ def terminate_backends(dsn: str, pids: Iterable[int], timeout: float = 10.0) -> 
                 time.sleep(0.02)
     finally:
         conn.close()
+
+
+def threaded(pools: list[Any], *args: Any, **kwargs: Any) -> Any:
+    """A ThreadedConnectionPool added to ``pools`` (the fixture closes it after the test)."""
+    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
+    pools.append(pool)
+    return pool
+
+
+def scalar(conn: Any, sql: str, params: Any = None) -> Any:
+    """The first column of the first row of ``sql``."""
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+def pid_of(conn: Any) -> int:
+    """The server process id behind a psycopg2 connection."""
+    pid: int = conn.info.backend_pid
+    return pid

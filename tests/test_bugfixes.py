@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
@@ -38,16 +37,6 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 def stock(impl: ModuleType) -> bool:
     """True when the module under test is psycopg2.pool, which must show the bug."""
     return impl is psycopg2.pool
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    """Pools a test builds; whatever it leaves open is closed afterwards."""
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
 
 
 def _books(pool: Any) -> Tuple[Any, ...]:

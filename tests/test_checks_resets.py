@@ -25,35 +25,9 @@ import pytest
 import pgpool_compat
 from pgpool_compat.testing import PostgresServer
 from tests.faults.support import peer_hung_up, wait_until
-from tests.helpers import terminate_backends
+from tests.helpers import pid_of, scalar, terminate_backends, threaded
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
-
-
-def threaded(pools: List[Any], *args: Any, **kwargs: Any) -> Any:
-    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
-    pools.append(pool)
-    return pool
-
-
-def scalar(conn: Any, sql: str, params: Any = None) -> Any:
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()[0]
-
-
-def pid_of(conn: Any) -> int:
-    pid: int = conn.info.backend_pid
-    return pid
 
 
 def mark(conn: Any, label: str) -> None:

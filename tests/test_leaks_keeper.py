@@ -14,13 +14,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, List, Optional
 
 import pytest
 
 import pgpool_compat
 from tests.faults.support import wait_until
+from tests.helpers import threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,23 +28,8 @@ KEEPER_PASS = 1.0  # the keeper's interval, and lazy housekeeping's
 
 
 @pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
-
-
-@pytest.fixture
 def app_name() -> str:
     return f"keeper-{uuid.uuid4().hex[:12]}"
-
-
-def threaded(pools: List[Any], *args: Any, **kwargs: Any) -> Any:
-    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
-    pools.append(pool)
-    return pool
 
 
 def backends(admin_conn: Any, app_name: str) -> int:

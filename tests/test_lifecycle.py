@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, List
 
 import pytest
 
-import pgpool_compat
 from tests.faults.support import wait_until
+from tests.helpers import threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,21 +22,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def app_name() -> str:
     return f"lifecycle-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
-
-
-def threaded(pools: List[Any], *args: Any, **kwargs: Any) -> Any:
-    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
-    pools.append(pool)
-    return pool
 
 
 def backends(admin_conn: Any, app_name: str) -> int:

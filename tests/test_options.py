@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from typing import Any, Callable, Dict, List
 
 import psycopg2
@@ -106,15 +105,6 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
 
     monkeypatch.setattr(psycopg2, "connect", recording)
     return calls
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
 
 
 @pytest.mark.parametrize("cls", CLASSES)

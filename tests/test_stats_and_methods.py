@@ -17,7 +17,7 @@ import pytest
 
 import pgpool_compat
 from tests.faults.support import peer_hung_up, wait_until
-from tests.helpers import terminate_backends
+from tests.helpers import scalar, terminate_backends, threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,27 +27,6 @@ COUNTERS = (
     "connections_num", "connections_ms", "connections_errors", "connections_lost",
     "returns_bad", "usage_ms",
 )
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
-
-
-def threaded(pools: List[Any], *args: Any, **kwargs: Any) -> Any:
-    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
-    pools.append(pool)
-    return pool
-
-
-def scalar(conn: Any, sql: str, params: Any = None) -> Any:
-    with conn.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()[0]
 
 
 def kill_idle(dsn: str, conns: List[Any]) -> None:

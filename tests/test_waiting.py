@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, List, Optional
 
 import psycopg2
@@ -18,6 +17,7 @@ import pytest
 
 import pgpool_compat
 from tests.faults.support import wait_until
+from tests.helpers import threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,21 +68,6 @@ def queue(pool: Any, waiter: Waiter, expected: int) -> Waiter:
         f"{waiter.name} not queued: {pool.get_stats()}"
     )
     return waiter
-
-
-@pytest.fixture
-def pools() -> Iterator[List[Any]]:
-    created: List[Any] = []
-    yield created
-    for pool in created:
-        if not pool.closed:
-            pool.closeall()
-
-
-def threaded(pools: List[Any], *args: Any, **kwargs: Any) -> Any:
-    pool = pgpool_compat.ThreadedConnectionPool(*args, **kwargs)
-    pools.append(pool)
-    return pool
 
 
 def select_one(conn: Any) -> int:

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import psycopg2
 import pytest
@@ -68,7 +68,7 @@ def blocked_in_wait(pool: Any, requests: int) -> Callable[[], bool]:
     return lambda: pool.get_stats()["requests_num"] >= requests
 
 
-def gate_connect(pool: Any) -> "tuple[threading.Event, threading.Event, List[int]]":
+def gate_connect(pool: Any) -> Tuple[threading.Event, threading.Event, List[int]]:
     """Make the pool's next connects block until ``release`` is set; ``entered`` is set when
     one is blocked; ``calls`` counts connects."""
     release, entered = threading.Event(), threading.Event()
@@ -113,9 +113,7 @@ def test_reset_interrupted_by_a_base_exception_frees_the_slot(pg_dsn: str, made:
             interrupt_next[0] = False
             raise Interrupt()
 
-    pool = pgpool_compat.ThreadedConnectionPool(
-        1, 1, pg_dsn, pool_reset=reset, pool_timeout=0.5
-    )
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_reset=reset, pool_timeout=0.5)
     pools.append(pool)
     conn = pool.getconn()
     conns.append(conn)
@@ -138,9 +136,7 @@ def test_check_interrupted_by_a_base_exception_loses_no_slot(pg_dsn: str, made: 
             raise Interrupt()
         return True
 
-    pool = pgpool_compat.ThreadedConnectionPool(
-        1, 1, pg_dsn, pool_check=check, pool_timeout=0.5
-    )
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_check=check, pool_timeout=0.5)
     pools.append(pool)
     idle = pool._pool[0]
     conns.append(idle)
@@ -262,7 +258,7 @@ def test_closeall_wakes_a_caller_waiting_for_a_key_without_a_new_connect(
     """BUG: _acquire_slow never looks at ``closed`` after a wait: a caller waiting for another
     caller's connect of the same key, woken after closeall(), opens a new server connection
     (or queues as a waiter on the closed pool) before failing."""
-    pools, conns = made
+    pools, _conns = made
     pool = pgpool_compat.ThreadedConnectionPool(0, 2, pg_dsn)
     pools.append(pool)
     release, entered, calls = gate_connect(pool)
@@ -338,9 +334,7 @@ def test_prefill_stops_connecting_once_the_pool_is_closed(pg_dsn: str, made: Any
 # -- rules that hold: pinned so that they keep holding ---------------------------------------
 
 
-def test_slow_check_runs_unlocked_and_its_connection_still_counts(
-    pg_dsn: str, made: Any
-) -> None:
+def test_slow_check_runs_unlocked_and_its_connection_still_counts(pg_dsn: str, made: Any) -> None:
     """A check callable runs with the lock released (others get and put meanwhile), and the
     connection under check keeps its slot: at maxconn a newcomer cannot take it."""
     pools, conns = made
@@ -399,9 +393,7 @@ def test_closeall_during_a_slow_check_closes_it_and_fails_the_caller(
     assert idle.closed
 
 
-def test_closeall_during_a_reset_closes_the_connection_after_it(
-    pg_dsn: str, made: Any
-) -> None:
+def test_closeall_during_a_reset_closes_the_connection_after_it(pg_dsn: str, made: Any) -> None:
     """A return being reset when closeall() runs is closed once the reset ends, not shelved."""
     pools, conns = made
     release, entered = threading.Event(), threading.Event()

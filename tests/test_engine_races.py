@@ -446,3 +446,47 @@ def test_same_key_during_a_slow_check_gets_one_connection(pg_dsn: str, made: Any
     assert pool._used == {"k": second}
     assert pool._pool == [gated[0]]
     assert pool.get_stats()["pool_size"] == 2
+
+
+@pytest.mark.parametrize("check", [None, "socket"])
+def test_closeall_racing_a_wake_up_never_hands_out_a_closed_connection(
+    pg_dsn: str, made: Any, check: Optional[str]
+) -> None:
+    """A caller sleeping on the books (no pool_timeout, a reset under way) is woken by a
+    return, but closeall() takes the lock first and closes the returned connection, which
+    stays in ``_pool`` (closeall keeps the books). The caller must get "pool is closed", not
+    that closed connection (with pool_check=None nothing else would catch it; with the socket
+    probe it is counted as a lost connection)."""
+    pools, conns = made
+    release, entered = threading.Event(), threading.Event()
+    gated: List[Any] = []
+
+    def reset(conn: Any) -> None:
+        if gated and conn is gated[0]:
+            entered.set()
+            release.wait(GATE)
+
+    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=check, pool_reset=reset)
+    pools.append(pool)
+    first, second = pool.getconn(), pool.getconn()
+    conns.extend([first, second])
+    gated.append(first)
+    returning = Call(lambda: pool.putconn(first))  # its reset blocks: one slot "settling"
+    caller: Optional[Call] = None
+    try:
+        assert entered.wait(GATE)
+        before = pool.get_stats()["requests_num"]
+        caller = Call(pool.getconn)
+        wait_for(blocked_in_wait(pool, before + 1))
+        with pool._lock:  # the caller, woken by the return, cannot run before closeall
+            pool.putconn(second)
+            pool.closeall()
+    finally:
+        release.set()
+        returning.join(JOIN)
+        if caller is not None:
+            caller.join(JOIN)
+    assert caller is not None and not caller.is_alive()
+    assert caller.result is None, "getconn() handed out a connection closed by closeall()"
+    assert isinstance(caller.error, PoolError) and "closed" in str(caller.error)
+    assert pool.get_stats()["connections_lost"] == 0, "closeall's own closing counted as lost"

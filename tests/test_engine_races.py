@@ -490,3 +490,27 @@ def test_closeall_racing_a_wake_up_never_hands_out_a_closed_connection(
     assert caller.result is None, "getconn() handed out a connection closed by closeall()"
     assert isinstance(caller.error, PoolError) and "closed" in str(caller.error)
     assert pool.get_stats()["connections_lost"] == 0, "closeall's own closing counted as lost"
+
+
+def test_a_waiter_given_a_slot_just_before_closeall_does_not_connect(
+    pg_dsn: str, made: Any
+) -> None:
+    """A waiter handed a freed slot, then closeall() before it runs: it must fail with "pool is
+    closed" without opening a server connection that is closed again at once."""
+    pools, conns = made
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_timeout=5.0)
+    pools.append(pool)
+    held = pool.getconn()
+    conns.append(held)
+    release, _entered, calls = gate_connect(pool)
+    release.set()  # connects go through; only counted
+    waiter = Call(pool.getconn)
+    try:
+        wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+        with pool._lock:  # the waiter cannot run between the two calls
+            pool.putconn(held, close=True)  # its slot goes to the waiter
+            pool.closeall()
+    finally:
+        waiter.join(JOIN)
+    assert isinstance(waiter.error, PoolError) and "closed" in str(waiter.error)
+    assert calls == [], "a server connection was opened after closeall()"

@@ -514,3 +514,23 @@ def test_a_waiter_given_a_slot_just_before_closeall_does_not_connect(
         waiter.join(JOIN)
     assert isinstance(waiter.error, PoolError) and "closed" in str(waiter.error)
     assert calls == [], "a server connection was opened after closeall()"
+
+
+def test_a_waiter_for_a_key_is_served_as_soon_as_that_key_is_booked(pg_dsn: str, made: Any) -> None:
+    """Two callers wait for key "k" on a full pool; one return books "k" for the first. The
+    second then asks for a key in use, which getconn(key) answers at once: it must not sleep
+    until some other connection moves, nor time out with "k"'s connection booked."""
+    pools, conns = made
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_timeout=1.0)
+    pools.append(pool)
+    held = pool.getconn()
+    conns.append(held)
+    first = Call(lambda: pool.getconn("k"))
+    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    second = Call(lambda: pool.getconn("k"))
+    wait_for(lambda: pool.get_stats()["requests_waiting"] == 2)
+    pool.putconn(held)  # booked under "k" for the first caller
+    assert first.finished_within(JOIN) and first.result is held
+    assert second.finished_within(JOIN)
+    assert second.error is None, f"second caller for 'k' got {second.error!r}"
+    assert second.result is held

@@ -534,3 +534,39 @@ def test_a_waiter_for_a_key_is_served_as_soon_as_that_key_is_booked(pg_dsn: str,
     assert second.finished_within(JOIN)
     assert second.error is None, f"second caller for 'k' got {second.error!r}"
     assert second.result is held
+
+
+def test_check_never_hands_a_waiter_a_connection_past_its_lifetime(pg_dsn: str, made: Any) -> None:
+    """pool.check() gives each connection that passes straight to the oldest waiter; one that
+    outlived pool_max_lifetime while being checked must be closed instead (the waiter gets a
+    new one): "never hand out a connection older than its lifetime"."""
+    pools, conns = made
+    release, entered = threading.Event(), threading.Event()
+    lifetime = 0.3
+
+    def check(conn: Any) -> bool:
+        entered.set()
+        release.wait(GATE)
+        return True
+
+    pool = pgpool_compat.ThreadedConnectionPool(
+        1, 1, pg_dsn, pool_check=check, pool_max_lifetime=lifetime, pool_timeout=3.0
+    )
+    pools.append(pool)
+    old = pool._pool[0]
+    conns.append(old)
+    checker = Call(pool.check)
+    waiter: Optional[Call] = None
+    try:
+        assert entered.wait(GATE)
+        waiter = Call(pool.getconn)  # full (the check holds the only slot): queued
+        wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+        time.sleep(lifetime + 0.05)  # the connection under check is now past its lifetime
+    finally:
+        release.set()
+        checker.join(JOIN)
+        if waiter is not None:
+            waiter.join(JOIN)
+    assert waiter is not None and waiter.error is None, waiter and waiter.error
+    conns.append(waiter.result)
+    assert waiter.result is not old, "handed out a connection past pool_max_lifetime"

@@ -17,12 +17,13 @@ __all__ = ["WaitQueue", "Waiter"]
 class Waiter:
     """One caller blocked in ``getconn``. The pool fills exactly one outcome, then wakes it."""
 
-    __slots__ = ("_wake", "conn", "enqueued_at", "error", "key", "slot")
+    __slots__ = ("_wake", "conn", "enqueued_at", "error", "key", "shared", "slot")
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
         self.enqueued_at = time.monotonic()
         self.conn: Any = None  # a connection, already booked under ``key``
+        self.shared = False  # ``conn`` is another caller's, checked out under the same key
         self.slot = False  # a reserved slot: the waiter opens the connection itself
         self.error: Optional[BaseException] = None
         self._wake = threading.Lock()

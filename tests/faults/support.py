@@ -29,7 +29,6 @@ __all__ = [
     "Outcome",
     "bounded_query",
     "make_pool",
-    "ours_available",
     "peer_hung_up",
     "reproduce_command",
     "slots_in_use",
@@ -41,13 +40,6 @@ IMPLS = ("stock", "pgpool_compat")
 
 #: Where the measured figures go; scripts/reliability_table.py reads it.
 FIGURES_PATH = Path("build") / "reliability.json"
-
-
-def ours_available() -> bool:
-    """Whether the engine (``pgpool_compat.ThreadedConnectionPool``) exists yet."""
-    import pgpool_compat
-
-    return hasattr(pgpool_compat, "ThreadedConnectionPool")
 
 
 def make_pool(impl: str, minconn: Any, maxconn: Any, dsn: str, **kwargs: Any) -> Any:

@@ -230,12 +230,11 @@ def test_restart_under_load(impl: str, record: Any, own_server: PostgresServer) 
         pool.closeall()
 
 
+@pytest.mark.parametrize("impl", ["pgpool_compat"], indirect=True)  # stock cannot wait
 def test_restart_under_load_waiting(impl: str, record: Any, own_server: PostgresServer) -> None:
     """Six threads on four connections with ``pool_timeout``: waiters too survive a restart."""
     title = "Server restart (fast) under load, 6 threads on 4 connections, pool_timeout=2"
-    if impl == "stock":
-        record("restart-load-waiting", title, {"not applicable": "stock cannot wait"})
-        pytest.skip("stock psycopg2.pool cannot wait (no pool_timeout)")
+    record("restart-load-waiting", title, {"not applicable": "stock cannot wait"}, pool="stock")
     maxconn, timeout = 4, 2.0
     pool = make_pool(impl, 2, maxconn, own_server.dsn, pool_timeout=timeout)
     try:

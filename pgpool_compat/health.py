@@ -14,7 +14,8 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Dict, Generic, List, Optional, Tuple, TypeVar
+from contextlib import contextmanager
+from typing import Any, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
 
 import psycopg2
 from psycopg2 import extensions
@@ -144,20 +145,18 @@ class Psycopg2Driver(Driver[Any]):
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit
-        alarm = _watchdog.arm(conn.fileno(), timeout)
         try:
-            conn.autocommit = True  # one statement, not BEGIN / SELECT / ROLLBACK
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            conn.autocommit = autocommit
+            with _cut_off_after(conn.fileno(), timeout) as cut:
+                conn.autocommit = True  # one statement, not BEGIN / SELECT / ROLLBACK
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                conn.autocommit = autocommit
         except psycopg2.Error as error:
             logger.info("ping failed: %s", _first_line(error))
             return False
-        finally:
-            fired = _watchdog.disarm(alarm)
-        if fired:
+        if cut.fired:
             logger.warning("ping got no answer within %.3g s; connection dropped", timeout)
-        return not fired
+        return not cut.fired
 
     def return_state(self, conn: Any) -> Optional[bool]:
         if conn.closed:
@@ -168,15 +167,20 @@ class Psycopg2Driver(Driver[Any]):
         return self._always_reset or status != _STATUS_IDLE
 
     def reset(self, conn: Any, state: Any) -> None:
-        if conn.get_transaction_status() != _STATUS_IDLE:
-            conn.rollback()
+        # Bounded like a ping: on a network that stalled silently, putconn must not hang.
+        timeout = self._options.check_timeout
+        with _cut_off_after(conn.fileno(), timeout) as cut:
+            if conn.get_transaction_status() != _STATUS_IDLE:
+                conn.rollback()
+            if self._discard and self._custom_reset is None:
+                conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
+                with conn.cursor() as cursor:
+                    cursor.execute("DISCARD ALL")
+                state.defaults.restore(conn)
+        if cut.fired:
+            raise psycopg2.OperationalError(f"the reset got no answer within {timeout:g} s")
         if self._custom_reset is not None:
-            self._custom_reset(conn)
-        elif self._discard:
-            conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
-            with conn.cursor() as cursor:
-                cursor.execute("DISCARD ALL")
-            state.defaults.restore(conn)
+            self._custom_reset(conn)  # the user's own: not cut off
 
     def dispose(self, conn: Any) -> None:
         try:
@@ -243,6 +247,23 @@ class _Watchdog:
     def _drop_disarmed(self) -> None:
         while self._alarms and self._alarms[0][1] not in self._armed:
             heapq.heappop(self._alarms)
+
+
+class _CutOff:
+    """Whether a ``_cut_off_after`` block ran out of time."""
+
+    fired = False
+
+
+@contextmanager
+def _cut_off_after(fd: int, timeout: float) -> Iterator[_CutOff]:
+    """Shut the socket down if the block is still waiting after ``timeout`` seconds."""
+    outcome = _CutOff()
+    alarm = _watchdog.arm(fd, timeout)
+    try:
+        yield outcome
+    finally:
+        outcome.fired = _watchdog.disarm(alarm)
 
 
 def _shutdown_socket(fd: int) -> None:

@@ -302,3 +302,53 @@ def test_stall_during_return(impl: str, record: Any, proxy: Proxy, pg_dsn: str) 
     finally:
         proxy.pass_through()
         pool.closeall()
+
+
+@pytest.mark.parametrize("impl", ["pgpool_compat"], indirect=True)  # stock has no bound
+def test_stalled_return_is_cut_off_by_check_timeout(
+    impl: str, record: Any, proxy: Proxy, pg_dsn: str
+) -> None:
+    """The reset on return (here a rollback) is bounded by ``pool_check_timeout``, as a ping
+    is: during a silent stall ``putconn`` gives up after it, discards the connection and frees
+    the slot, instead of waiting for the network to heal."""
+    bound = 0.5
+    # minconn=1: the return is kept, so it is rolled back (above minconn it is just closed).
+    pool = make_pool(impl, 1, 1, proxied(proxy, pg_dsn), pool_check_timeout=bound)
+    try:
+        conn = pool.getconn()
+        assert bounded_query(conn).ok  # in a transaction: the return must roll back
+        proxy.stall()
+        returned = threading.Event()
+        took: List[float] = []
+
+        def give_back() -> None:
+            started = time.monotonic()
+            pool.putconn(conn)
+            took.append(time.monotonic() - started)
+            returned.set()
+
+        threading.Thread(target=give_back, daemon=True).start()
+        cut_off = returned.wait(bound + 2.0)
+        stats = pool.get_stats()
+        record(
+            "network-stall-return-bounded",
+            f"Network stall while a connection is returned in a transaction, "
+            f"pool_check_timeout={bound}",
+            {
+                "putconn returned after (s)": f"{took[0]:.2f}" if took else "not within 2.5 s",
+                "returns_bad (stats)": stats["returns_bad"],
+            },
+        )
+        record(
+            "network-stall-return-bounded",
+            f"Network stall while a connection is returned in a transaction, "
+            f"pool_check_timeout={bound}",
+            {"not applicable": "stock has no time bound: its rollback holds the lock"},
+            pool="stock",
+        )
+        assert cut_off, "putconn still waiting for a stalled rollback"
+        assert took[0] < bound + 1.0
+        assert stats["returns_bad"] == 1 and slots_in_use(pool) == 0
+    finally:
+        proxy.pass_through()
+        pool.closeall()

@@ -59,6 +59,7 @@ def _select_one(conn: Any) -> int:
 # -- a failing rollback on putconn leaks the slot ---------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("cls", CLASSES)
 def test_failed_rollback_on_put_never_leaks_the_slot(
     impl: ModuleType,
@@ -188,6 +189,7 @@ def test_bad_sizes_raise_a_clear_value_error_before_connecting(
 # -- a dead connection is handed out as is ----------------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("cls", CLASSES)
 def test_terminated_backend_is_never_handed_out(
     impl: ModuleType, stock: bool, cls: str, pg_dsn: str, pools: List[Any]

@@ -53,6 +53,7 @@ def kill_idle(dsn: str, conns: List[Any]) -> None:
 # -- pool_check: socket (the default) and None ------------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("check", ["socket", None])
 def test_socket_probe_drops_a_terminated_idle_connection(
     check: Any, pg_dsn: str, pools: List[Any]
@@ -76,6 +77,7 @@ def test_socket_probe_drops_a_terminated_idle_connection(
     pool.putconn(conn)
 
 
+@pytest.mark.own_session
 def test_socket_probe_keeps_a_connection_with_a_pending_notification(
     pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:
@@ -99,6 +101,7 @@ def test_socket_probe_keeps_a_connection_with_a_pending_notification(
 # -- pool_check="ping" ------------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("check", ["ping", "socket"])
 def test_ping_runs_only_after_ping_after_seconds_idle(
     check: str, pg_dsn: str, pools: List[Any], admin_conn: Any
@@ -120,6 +123,7 @@ def test_ping_runs_only_after_ping_after_seconds_idle(
     pool.putconn(conn)
 
 
+@pytest.mark.own_session
 def test_ping_after_zero_pings_every_checkout(
     pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:
@@ -133,6 +137,7 @@ def test_ping_after_zero_pings_every_checkout(
     pool.putconn(conn)
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("one_dies", [True, False])
 def test_after_a_dead_connection_the_older_ones_are_pinged(
     one_dies: bool, pg_dsn: str, pools: List[Any], admin_conn: Any
@@ -299,7 +304,9 @@ def dirty(conn: Any, role: str) -> None:
 
 
 @pytest.mark.parametrize("cls", ["ThreadedConnectionPool", "SimpleConnectionPool"])
-@pytest.mark.parametrize("reset", ["discard", "rollback"])
+@pytest.mark.parametrize(
+    "reset", ["discard", pytest.param("rollback", marks=pytest.mark.own_session)]
+)
 def test_discard_leaves_nothing_for_the_next_borrower(
     reset: str, cls: str, role: str, pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:

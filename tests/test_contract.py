@@ -148,7 +148,12 @@ def test_threaded_pool_has_a_lock(impl: ModuleType, pg_dsn: str) -> None:
 
 @pytest.mark.parametrize(
     ("minconn", "maxconn", "expected"),
-    [("2", "5", (2, 5)), (2.9, 3.2, (2, 3)), (True, 2, (1, 2)), (0, "1", (0, 1))],
+    [
+        pytest.param("2", "5", (2, 5), marks=pytest.mark.own_session),
+        pytest.param(2.9, 3.2, (2, 3), marks=pytest.mark.own_session),
+        pytest.param(True, 2, (1, 2), marks=pytest.mark.own_session),
+        (0, "1", (0, 1)),
+    ],
 )
 def test_sizes_go_through_int(
     make_pool: Callable[..., Any],
@@ -166,6 +171,7 @@ def test_sizes_go_through_int(
     assert _sessions(admin_conn, name) == expected[0]
 
 
+@pytest.mark.own_session
 def test_minconn_opened_at_once_through_connect(
     impl: ModuleType, pg_dsn: str, admin_conn: Any
 ) -> None:
@@ -396,6 +402,7 @@ def test_failed_connect_changes_no_books(
     assert fresh is not kept and pool._rused[id(fresh)] == 4
 
 
+@pytest.mark.own_session
 def test_notification_received_while_idle_reaches_the_next_borrower(
     make_pool: Callable[..., Any], admin_conn: Any
 ) -> None:

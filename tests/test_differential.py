@@ -339,6 +339,7 @@ def _report(seed: int, trace: List[str], expected: Any, got: Any) -> str:
     )
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEQUENCES))
 @pytest.mark.parametrize("pool_name", ["SimpleConnectionPool", "ThreadedConnectionPool"])
 def test_random_sequence_matches_stock(

@@ -162,6 +162,7 @@ def test_leak_stack_of_a_connection_handed_to_a_waiter_is_the_waiters(
 # -- pool_background --------------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 def test_keeper_refills_minconn_after_connections_are_closed(
     pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:
@@ -205,6 +206,7 @@ def test_keeper_replaces_expired_idle_connections(
         assert pool._pool == originals and not any(conn.closed for conn in originals)
 
 
+@pytest.mark.own_session
 def test_keeper_closes_connections_idle_too_long_down_to_minconn(
     pg_dsn: str, pools: List[Any], admin_conn: Any, app_name: str
 ) -> None:

@@ -119,6 +119,7 @@ def test_lifetimes_are_jittered_by_up_to_ten_percent(pg_dsn: str, pools: List[An
 # -- pool_max_idle ----------------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("max_idle", [None, 10])
 def test_max_idle_keeps_returned_connections_up_to_maxconn(
     max_idle: Any, pg_dsn: str, pools: List[Any], admin_conn: Any, app_name: str
@@ -137,6 +138,7 @@ def test_max_idle_keeps_returned_connections_up_to_maxconn(
         pool.putconn(conn)
 
 
+@pytest.mark.own_session
 def test_max_idle_closes_long_idle_connections_on_checkout_never_below_minconn(
     pg_dsn: str, pools: List[Any], admin_conn: Any, app_name: str
 ) -> None:
@@ -158,6 +160,7 @@ def test_max_idle_closes_long_idle_connections_on_checkout_never_below_minconn(
     pool.putconn(survivor)
 
 
+@pytest.mark.own_session
 def test_max_idle_expiry_also_runs_on_return(
     pg_dsn: str, pools: List[Any], admin_conn: Any, app_name: str
 ) -> None:

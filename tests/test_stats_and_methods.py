@@ -41,6 +41,7 @@ def pick(stats: Dict[str, int], *keys: str) -> Dict[str, int]:
 # -- get_stats / pop_stats --------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 def test_stats_after_a_known_sequence(pg_dsn: str, pools: List[Any]) -> None:
     fail_configure = threading.Event()
 
@@ -191,6 +192,7 @@ def test_connection_is_returned_when_commit_fails(
     pool.putconn(again)
 
 
+@pytest.mark.own_session
 def test_connection_is_returned_when_rollback_fails(pg_dsn: str, pools: List[Any]) -> None:
     pool = threaded(pools, 1, 1, pg_dsn)
     with pytest.raises(KeyError), pool.connection() as conn:  # the body's error, not rollback's
@@ -241,6 +243,7 @@ def test_pool_context_manager_tolerates_an_explicit_closeall(pg_dsn: str) -> Non
 # -- check() ----------------------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("check", ["socket", None])
 def test_check_drops_dead_idle_connections_and_counts_them(
     check: Any, pg_dsn: str, pools: List[Any]
@@ -261,6 +264,7 @@ def test_check_drops_dead_idle_connections_and_counts_them(
     pool.putconn(borrowed)
 
 
+@pytest.mark.own_session
 def test_check_with_ping_pings_every_idle_connection(
     pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:

@@ -340,6 +340,7 @@ def test_two_waiters_for_the_same_key_share_its_connection(
     assert pool._used == {} and pool._rused == {}
 
 
+@pytest.mark.own_session
 def test_every_option_at_once_under_threads(pg_dsn: str, pools: List[Any]) -> None:
     """Eight threads borrow from a small pool with every option on, while check() runs too:
     no connection is ever in two hands, every one handed out works, the books end clean."""

@@ -189,6 +189,7 @@ DIFFERENTIAL_CASES = [
 ]
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("seed", range(SEQUENCES_PER_STYLE))
 @pytest.mark.parametrize(("style", "pool_name"), DIFFERENTIAL_CASES)
 def test_subclass_matches_stock_subclass(
@@ -200,6 +201,7 @@ def test_subclass_matches_stock_subclass(
     run_sequence(stock_cls, ours_cls, 10_000 + seed, pg_dsn, admin_conn)
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("seed", range(SEQUENCES_PER_STYLE))
 def test_abstract_based_pool_matches_stock(seed: int, pg_dsn: str, admin_conn: Any) -> None:
     stock_cls = abstract_based(psycopg2.pool.AbstractConnectionPool)

@@ -182,6 +182,7 @@ def app_name() -> str:
     return f"pgpool-threads-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize(
     ("module", "options"),
     [

@@ -303,10 +303,9 @@ def dirty(conn: Any, role: str) -> None:
     conn.deferrable = True
 
 
+@pytest.mark.own_session
 @pytest.mark.parametrize("cls", ["ThreadedConnectionPool", "SimpleConnectionPool"])
-@pytest.mark.parametrize(
-    "reset", ["discard", pytest.param("rollback", marks=pytest.mark.own_session)]
-)
+@pytest.mark.parametrize("reset", ["discard", "rollback"])
 def test_discard_leaves_nothing_for_the_next_borrower(
     reset: str, cls: str, role: str, pg_dsn: str, pools: List[Any], admin_conn: Any
 ) -> None:
@@ -393,6 +392,7 @@ def test_failing_reset_discards_the_connection_not_the_slot(
 # -- pool_configure ---------------------------------------------------------------------------
 
 
+@pytest.mark.own_session
 def test_configure_runs_once_per_new_connection(pg_dsn: str, pools: List[Any]) -> None:
     configured: List[Any] = []
 

@@ -114,3 +114,14 @@ def pid_of(conn: Any) -> int:
     """The server process id behind a psycopg2 connection."""
     pid: int = conn.info.backend_pid
     return pid
+
+
+def sessions_named(admin_conn: Any, application_name: str) -> int:
+    """Server sessions carrying ``application_name``: immune to other tests' connections."""
+    with admin_conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        )
+        count: int = cursor.fetchone()[0]
+        return count

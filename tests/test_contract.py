@@ -20,6 +20,7 @@ import pytest
 
 import pgpool_compat
 import pgpool_compat.pool
+from tests.helpers import sessions_named
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,17 +52,6 @@ def make_pool(
     for pool in created:
         if not pool.closed:
             pool.closeall()
-
-
-def _sessions(admin_conn: Any, application_name: str) -> int:
-    """Server sessions carrying this application_name: immune to other tests' connections."""
-    with admin_conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-            (application_name,),
-        )
-        count: int = cursor.fetchone()[0]
-        return count
 
 
 def _unique_name() -> str:
@@ -168,7 +158,7 @@ def test_sizes_go_through_int(
     assert (pool.minconn, pool.maxconn) == expected
     assert type(pool.minconn) is int and type(pool.maxconn) is int
     assert len(pool._pool) == expected[0]
-    assert _sessions(admin_conn, name) == expected[0]
+    assert sessions_named(admin_conn, name) == expected[0]
 
 
 @pytest.mark.own_session
@@ -188,7 +178,7 @@ def test_minconn_opened_at_once_through_connect(
         assert calls == [None, None, None]
         assert len(pool._pool) == 3
         assert all(conn.info.transaction_status == IDLE for conn in pool._pool)
-        assert _sessions(admin_conn, name) == 3
+        assert sessions_named(admin_conn, name) == 3
     finally:
         pool.closeall()
 

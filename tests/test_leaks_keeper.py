@@ -20,7 +20,7 @@ import pytest
 
 import pgpool_compat
 from tests.faults.support import wait_until
-from tests.helpers import threaded
+from tests.helpers import sessions_named, threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,15 +30,6 @@ KEEPER_PASS = 1.0  # the keeper's interval, and lazy housekeeping's
 @pytest.fixture
 def app_name() -> str:
     return f"keeper-{uuid.uuid4().hex[:12]}"
-
-
-def backends(admin_conn: Any, app_name: str) -> int:
-    with admin_conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
-        )
-        count: int = cursor.fetchone()[0]
-    return count
 
 
 def leak_warnings(caplog: pytest.LogCaptureFixture, pool_name: str) -> List[str]:
@@ -176,10 +167,10 @@ def test_keeper_refills_minconn_after_connections_are_closed(
     started = time.monotonic()
     # Nobody calls getconn: only the keeper can reopen them.
     assert wait_until(lambda: kept[True].get_stats()["pool_available"] == 2, 3, 0.05)
-    assert wait_until(lambda: backends(admin_conn, names[True]) == 2, 3)
+    assert wait_until(lambda: sessions_named(admin_conn, names[True]) == 2, 3)
     time.sleep(max(0.0, KEEPER_PASS + 0.2 - (time.monotonic() - started)))
     assert kept[False].get_stats()["pool_size"] == 0  # without the option: nothing
-    assert backends(admin_conn, names[False]) == 0
+    assert sessions_named(admin_conn, names[False]) == 0
     conns = [kept[True].getconn() for _ in range(2)]
     assert kept[True].get_stats()["connections_num"] == 4  # handed out, not opened again
     for conn in conns:
@@ -218,7 +209,7 @@ def test_keeper_closes_connections_idle_too_long_down_to_minconn(
     assert pool.get_stats()["pool_available"] == 3
     assert wait_until(lambda: pool.get_stats()["pool_size"] == 1, 3, 0.05)
     assert sum(not conn.closed for conn in conns) == 1
-    assert wait_until(lambda: backends(admin_conn, app_name) == 1, 3)
+    assert wait_until(lambda: sessions_named(admin_conn, app_name) == 1, 3)
 
 
 def test_keeper_thread_stops_with_closeall(pg_dsn: str) -> None:

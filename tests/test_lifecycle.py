@@ -14,7 +14,7 @@ from typing import Any, List
 import pytest
 
 from tests.faults.support import wait_until
-from tests.helpers import threaded
+from tests.helpers import sessions_named, threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,19 +24,9 @@ def app_name() -> str:
     return f"lifecycle-{uuid.uuid4().hex[:12]}"
 
 
-def backends(admin_conn: Any, app_name: str) -> int:
-    """Server backends opened by this test's pools."""
-    with admin_conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
-        )
-        count: int = cursor.fetchone()[0]
-    return count
-
-
 def settles_at(admin_conn: Any, app_name: str, expected: int) -> bool:
     """Backends exit asynchronously after a close: wait (bounded) for the count."""
-    return wait_until(lambda: backends(admin_conn, app_name) == expected, 5)
+    return wait_until(lambda: sessions_named(admin_conn, app_name) == expected, 5)
 
 
 def select_one(conn: Any) -> int:

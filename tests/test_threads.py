@@ -24,6 +24,7 @@ import psycopg2.pool
 import pytest
 
 import pgpool_compat
+from tests.helpers import sessions_named
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,21 +153,11 @@ def _hammer(pool: Any, me: int, owners: Owners, errors: List[str], tally: Dict[s
         tally["served"] += 1
 
 
-def _server_sessions(admin_conn: Any, application_name: str) -> int:
-    with admin_conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-            (application_name,),
-        )
-        count: int = cursor.fetchone()[0]
-        return count
-
-
 def _settled_sessions(admin_conn: Any, application_name: str, expected: int) -> int:
     """Server sessions once closed backends have had up to 5 s to exit (they exit async)."""
     deadline = time.monotonic() + 5
     while True:
-        count = _server_sessions(admin_conn, application_name)
+        count = sessions_named(admin_conn, application_name)
         if count == expected or time.monotonic() > deadline:
             return count
         time.sleep(0.02)

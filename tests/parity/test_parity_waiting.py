@@ -45,7 +45,7 @@ def test_timeout_raises_pool_timeout_and_loses_no_slot(face: Face) -> None:
     pool = face.pool(1, 1, timeout=0.2)
     held = pool.get()
     started = time.monotonic()
-    with pytest.raises(PoolTimeout, match="^connection pool exhausted"):
+    with pytest.raises(PoolTimeout, match=r"^connection pool exhausted"):
         pool.get()
     waited = time.monotonic() - started
     assert 0.15 <= waited < 3.0

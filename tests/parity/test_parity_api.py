@@ -24,7 +24,7 @@ def ping(conn: object) -> bool:
         return bool(cursor.fetchone()[0] == 1)
 
 
-@faces(xfail={"sync": NO_NAME, "async": NO_NAME})
+@faces(xfail={"sync": NO_NAME})
 def test_repr_names_the_pool(face: Face) -> None:
     pool = face.pool(1, 2, name="orders")
     assert pool.name == "orders"
@@ -33,7 +33,7 @@ def test_repr_names_the_pool(face: Face) -> None:
     assert "orders" in repr(pool.raw), "a closed pool keeps its name"
 
 
-@faces(xfail={"sync": NO_NAME, "async": NO_NAME})
+@faces(xfail={"sync": NO_NAME})
 def test_every_log_line_of_a_timeout_names_the_pool(
     face: Face, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -91,7 +91,7 @@ def test_stats_have_psycopg_pools_keys_and_pop_zeroes_the_counters(face: Face) -
     assert after["pool_size"] == 1 and after["pool_max"] == 3, "gauges survive pop_stats()"
 
 
-@faces(xfail={"async": NO_ASYNC_CHECK})
+@faces()
 def test_check_drops_dead_idle_connections_and_counts_them(face: Face) -> None:
     pool = face.pool(2, 2, check=ping)
     first, second = pool.get(), pool.get()

@@ -325,10 +325,17 @@ class AsyncRunner(Generic[ConnT]):
             return
         self._dispose_doomed()
         pending = [*self._opening, *self._settling, *self._disposing]
-        if pending:
-            await asyncio.wait(pending, timeout=self.settings.check_timeout)
-        # Claims of tasks that ignored their cancel: the connections whose reset is
-        # abandoned are closed now, the slots of stuck connects are no longer counted.
+        try:
+            if pending:
+                await asyncio.wait(pending, timeout=self.settings.check_timeout)
+        finally:  # out of time, or the caller cancelled: abandon what is still running
+            self._abandon_claims()
+            log.closed(self.name)
+
+    def _abandon_claims(self) -> None:
+        """Take the claims of tasks that ignored their cancel: the connections whose reset
+        is abandoned are closed now, the slots of stuck connects no longer counted."""
+        core = self.core
         for task, entry in list(self._settling.items()):
             if not task.done():
                 del self._settling[task]
@@ -338,7 +345,6 @@ class AsyncRunner(Generic[ConnT]):
                 del self._opening[task]
                 core.abandon_quietly(key)
         self._dispose_doomed()
-        log.closed(self.name)
 
     def figures(self) -> Figures:
         return self.core.figures(self.name, self.kind)

@@ -46,8 +46,9 @@ def default_releaser(conn: Any) -> Any:
 
 
 class FactoryDriver(Driver[ConnT]):
-    """Connections from user callables: ``factory()`` opens, ``reset(conn)`` runs on every
-    return, ``releaser(conn)`` closes (default: ``conn.close()`` if there is one).
+    """Connections from user callables: ``factory()`` opens, ``configure(conn)`` runs once
+    on each new one, ``reset(conn)`` on every return, ``releaser(conn)`` closes (default:
+    ``conn.close()`` if there is one).
 
     There is no zero-round-trip probe for an unknown kind of connection: liveness is the
     pool's ``check`` callable, which the engine runs with its lock released.
@@ -58,14 +59,21 @@ class FactoryDriver(Driver[ConnT]):
         factory: Callable[[], ConnT],
         releaser: Optional[Callable[[ConnT], Any]] = None,
         reset: Optional[Callable[[ConnT], Any]] = None,
+        configure: Optional[Callable[[ConnT], Any]] = None,
     ) -> None:
         self._factory = factory
+        self._configure = configure
         self._releaser: Callable[[ConnT], Any] = releaser or default_releaser
         self._reset = reset
         self._needs_reset: Optional[bool] = reset is not None
 
     def connect(self) -> ConnT:
         return self._factory()
+
+    def prepare(self, conn: ConnT) -> Any:
+        if self._configure is not None:
+            self._configure(conn)
+        return None
 
     def return_state(self, conn: ConnT) -> Optional[bool]:
         # True makes the engine call reset() on every return, outside its lock.

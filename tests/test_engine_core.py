@@ -266,5 +266,3 @@ def test_figures() -> None:
     figures = core.figures("p", "kind")
     assert (figures.idle, figures.used, figures.opening, figures.size) == (1, 1, 1, 3)
     assert (figures.max, figures.idle_max, figures.idle_min, figures.pending) == (3, 2, 1, 1)
-
-

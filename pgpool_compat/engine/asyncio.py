@@ -197,9 +197,17 @@ class AsyncRunner(Generic[ConnT]):
             core.counters.requests_errors += 1
             raise PoolClosed()
         core.counters.requests_num += 1
-        started = now = monotonic()
+        started = monotonic()
         if timeout is DEFAULT:
             timeout = self.settings.timeout
+        conn = await self._checkout(key, timeout, started)
+        if self.observer is not None:  # every checkout served, queued or not
+            self.observer.waited(self.name, monotonic() - started)
+        return conn
+
+    async def _checkout(self, key: Hashable, timeout: Optional[float], started: float) -> ConnT:
+        core = self.core
+        now = started
         deadline = None if timeout is None else started + timeout
         if self._needs_upkeep and now >= self._upkeep_due:
             self._upkeep(now)
@@ -381,10 +389,7 @@ class AsyncRunner(Generic[ConnT]):
             self._give_back(waiter)
             raise
         finally:
-            waited = monotonic() - now
-            core.counters.requests_wait_ms += waited * 1000.0
-            if self.observer is not None:
-                self.observer.waited(self.name, waited)
+            core.counters.requests_wait_ms += (monotonic() - now) * 1000.0
         if not future.done():
             future.cancel()
             core.withdraw(waiter)

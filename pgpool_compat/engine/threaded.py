@@ -116,10 +116,8 @@ class ThreadedRunner(Generic[ConnT]):
             entry = core.take_idle(key, now)
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if entry is not None:
             # Hot path: the socket probe inline, the policy object only for slow checks.
             probe = self._checks.probe
@@ -163,10 +161,8 @@ class ThreadedRunner(Generic[ConnT]):
             upkeep = self._needs_upkeep and now >= self._upkeep_due
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if state:
             self._settle(entry)
         if self.observer is not None:
@@ -514,6 +510,12 @@ class ThreadedRunner(Generic[ConnT]):
             dispose(entry.conn)
 
     # -- upkeep ----------------------------------------------------------------------------
+
+    def _tidy(self, upkeep: bool) -> None:
+        """After a hot path released the lock: upkeep if due, close what was doomed."""
+        if upkeep:
+            self._upkeep()
+        self._dispose_doomed()
 
     def _upkeep(self) -> None:
         """Lazy upkeep from the hot paths: expire stale idle connections, report leaks."""

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional
+from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
@@ -565,6 +565,17 @@ class ThreadedRunner(Generic[ConnT]):
             self._start_keeper()
 
 
+class _Maintained(Protocol):
+    """What a keeper drives: a runner, or the pre-engine psycopg2 shell."""
+
+    name: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _maintain(self) -> None: ...
+
+
 class _Keeper(threading.Thread):
     """The background thread of one pool: refill, expire, report leaks."""
 
@@ -573,7 +584,7 @@ class _Keeper(threading.Thread):
     #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
     STOP_WAIT = 1.0
 
-    def __init__(self, runner: ThreadedRunner[Any]) -> None:
+    def __init__(self, runner: _Maintained) -> None:
         super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
         self._runner_ref = weakref.ref(runner)
         self.stopping = threading.Event()

@@ -194,6 +194,11 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# Shared by every watchdog of the process, so that an alarm armed before a fork can never be
+# mistaken for one armed by the child's new watchdog.
+_alarm_ids = itertools.count()
+
+
 class _Watchdog:
     """One daemon thread that cuts off pings still waiting at their deadline.
 
@@ -205,17 +210,14 @@ class _Watchdog:
         self._cond = threading.Condition(threading.Lock())
         self._alarms: List[Tuple[float, int, int]] = []  # (deadline, alarm id, fd)
         self._armed: Dict[int, bool] = {}  # alarm id -> fired
-        self._ids = itertools.count()
         self._thread: Optional[threading.Thread] = None
-        self._pid = 0
 
     def arm(self, fd: int, timeout: float) -> int:
         with self._cond:
-            alarm = next(self._ids)
+            alarm = next(_alarm_ids)
             heapq.heappush(self._alarms, (time.monotonic() + timeout, alarm, fd))
             self._armed[alarm] = False
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pgpool_compat-watchdog", daemon=True
                 )
@@ -226,7 +228,8 @@ class _Watchdog:
     def disarm(self, alarm: int) -> bool:
         """Forget the alarm; return whether it fired."""
         with self._cond:
-            return self._armed.pop(alarm)
+            # Missing when a fork came between arm and disarm: the child never fired it.
+            return self._armed.pop(alarm, False)
 
     def _run(self) -> None:
         with self._cond:
@@ -275,3 +278,18 @@ def _shutdown_socket(fd: int) -> None:
 
 
 _watchdog = _Watchdog()
+
+
+def _new_watchdog_after_fork() -> None:
+    """A forked child starts with no alarm, no thread and a free lock.
+
+    An inherited alarm names a socket the child shares with its parent: firing it in the
+    child would cut off the parent's session. A thread holding the lock at the fork does not
+    exist in the child, so the lock is replaced rather than waited for.
+    """
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_new_watchdog_after_fork)

@@ -133,11 +133,18 @@ class Psycopg2Driver(Driver[Any]):
         poller = state.poller
         if not poller.poll(0):
             return True
-        # Readable while idle: a notification, a notice, or the server hanging up. Let libpq
-        # consume what is there; if the socket is still readable, it is at end of stream.
+        # Readable while idle: a notification, or the server hanging up. Let libpq consume
+        # what is there; if the socket is still readable, it is at end of stream.
+        notices = conn.notices
+        last_notice = _last(notices)
         try:
             conn.poll()
         except psycopg2.Error:
+            return False
+        if _last(notices) is not last_notice:
+            # A server speaks unprompted to an idle session only to end it: a terminated
+            # backend sends its FATAL (libpq files it as a notice) long before it closes the
+            # socket when its exit has temp tables to drop.
             return False
         return not conn.closed and not poller.poll(0)
 
@@ -187,6 +194,14 @@ class Psycopg2Driver(Driver[Any]):
             conn.close()
         except Exception as error:  # closing must never fail the caller
             logger.debug("error closing a connection: %s", _first_line(error))
+
+
+def _last(notices: Any) -> Any:
+    """The newest entry of ``conn.notices`` (a list, or whatever the user put there)."""
+    try:
+        return notices[-1] if notices else None
+    except (TypeError, IndexError, KeyError):  # an append-only sink: nothing to compare
+        return None
 
 
 def _first_line(error: BaseException) -> str:

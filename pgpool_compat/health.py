@@ -63,6 +63,10 @@ class Driver(Generic[ConnT]):
         """``None``: unusable, discard; ``False``: clean, keep as is; ``True``: needs ``reset``."""
         return False
 
+    def share(self, conn: ConnT, state: Any) -> None:
+        """``conn`` went to a second holder (``getconn(key)`` twice). From now on another
+        thread may be using it whenever it looks idle: never probe, ping or cut it off."""
+
     def reset(self, conn: ConnT, state: Any) -> None:
         """Make a returned connection fit for the next borrower; raise if it cannot be."""
 
@@ -96,13 +100,14 @@ class SessionDefaults:
 class _ConnState:
     """The psycopg2 driver's memory of one connection."""
 
-    __slots__ = ("defaults", "poller")
+    __slots__ = ("defaults", "poller", "shared")
 
     def __init__(self, conn: Any, defaults: Optional[SessionDefaults]) -> None:
         # One poll object per connection: registering anew on every probe doubles its cost.
         self.poller = select.poll()
         self.poller.register(conn.fileno(), _READABLE)
         self.defaults = defaults
+        self.shared = False  # see Driver.share
 
 
 class Psycopg2Driver(Driver[Any]):
@@ -133,6 +138,10 @@ class Psycopg2Driver(Driver[Any]):
         poller = state.poller
         if not poller.poll(0):
             return True
+        if state.shared:
+            # The data may be another holder's query results: libpq must not be entered from
+            # two threads. Handed out untouched, as psycopg2.pool does.
+            return True
         # Readable while idle: a notification, or the server hanging up. Let libpq consume
         # what is there; if the socket is still readable, it is at end of stream.
         notices = conn.notices
@@ -149,6 +158,8 @@ class Psycopg2Driver(Driver[Any]):
         return not conn.closed and not poller.poll(0)
 
     def ping(self, conn: Any, state: Any, timeout: float) -> bool:
+        if state.shared:
+            return not conn.closed  # see is_alive
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit
@@ -173,10 +184,15 @@ class Psycopg2Driver(Driver[Any]):
             return None
         return self._always_reset or status != _STATUS_IDLE
 
+    def share(self, conn: Any, state: Any) -> None:
+        state.shared = True
+
     def reset(self, conn: Any, state: Any) -> None:
-        # Bounded like a ping: on a network that stalled silently, putconn must not hang.
+        # Bounded like a ping: on a network that stalled silently, putconn must not hang. Not
+        # a shared connection: the cut-off would end the other holder's query.
         timeout = self._options.check_timeout
-        with _cut_off_after(conn.fileno(), timeout) as cut:
+        shared = state is not None and state.shared
+        with _cut_off_after(conn.fileno(), None if shared else timeout) as cut:
             if conn.get_transaction_status() != _STATUS_IDLE:
                 conn.rollback()
             if self._discard and self._custom_reset is None:
@@ -274,9 +290,13 @@ class _CutOff:
 
 
 @contextmanager
-def _cut_off_after(fd: int, timeout: float) -> Iterator[_CutOff]:
-    """Shut the socket down if the block is still waiting after ``timeout`` seconds."""
+def _cut_off_after(fd: int, timeout: Optional[float]) -> Iterator[_CutOff]:
+    """Shut the socket down if the block is still waiting after ``timeout`` seconds
+    (``None``: never)."""
     outcome = _CutOff()
+    if timeout is None:
+        yield outcome
+        return
     alarm = _watchdog.arm(fd, timeout)
     try:
         yield outcome

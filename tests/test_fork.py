@@ -370,3 +370,18 @@ def test_child_arms_a_reset_when_a_parent_thread_held_the_watchdog_lock(pg_dsn: 
         leave.set()
         holder.join(timeout=10)
         pool.closeall()
+
+
+def test_child_runs_its_own_keeper(pg_dsn: str) -> None:
+    """The parent's keeper thread does not exist in a child: the child starts its own, which
+    refills the child's (emptied) pool to minconn."""
+    with pgpool_compat.ThreadedConnectionPool(2, 4, pg_dsn, pool_background=True) as pool:
+
+        def child() -> Dict[str, Any]:
+            deadline = time.monotonic() + 10
+            while len(pool._pool) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            keeper = pool._keeper
+            return {"running": keeper is not None and keeper.is_alive(), "idle": len(pool._pool)}
+
+        assert run_in_child(child) == {"running": True, "idle": 2}

@@ -10,6 +10,7 @@ Stock psycopg2.pool runs the same scenario to show the bug the test guards again
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -92,6 +93,26 @@ def _reap(pid: int, deadline: float) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise ChildHung(f"child {pid} reported but did not exit")
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """Run the block (a fork, typically) while a helper thread holds ``lock``."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            inside.set()
+            leave.wait(timeout=30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(timeout=10)
+        yield
+    finally:
+        leave.set()
+        holder.join(timeout=10)
 
 
 def server_pid(conn: Any) -> int:
@@ -241,31 +262,18 @@ def test_child_works_when_a_parent_thread_held_the_lock_at_fork(
 ) -> None:
     """A thread inside the pool at fork time does not exist in the child: its lock is stale."""
     pool = impl.ThreadedConnectionPool(3, 5, pg_dsn)
-    inside, leave = threading.Event(), threading.Event()
 
-    def hold_the_lock() -> None:
-        with pool._lock:
-            inside.set()
-            leave.wait(timeout=30)
+    def child() -> Dict[str, Any]:
+        conn = pool.getconn()
+        return {"pid": server_pid(conn)}
 
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    try:
-        assert inside.wait(timeout=10)
-
-        def child() -> Dict[str, Any]:
-            conn = pool.getconn()
-            return {"pid": server_pid(conn)}
-
+    with held_by_another_thread(pool._lock):
         if impl is psycopg2.pool:
             with pytest.raises(ChildHung):
                 run_in_child(child, timeout=2.0)  # stock's child waits for ever
             return
         report = run_in_child(child, timeout=CHILD_TIMEOUT)
         assert report["pid"] not in {conn.info.backend_pid for conn in pool._pool}
-    finally:
-        leave.set()
-        holder.join(timeout=10)
         pool.closeall()
 
 
@@ -345,31 +353,16 @@ def test_child_arms_a_reset_when_a_parent_thread_held_the_watchdog_lock(pg_dsn: 
     """A lock held at fork by a thread that does not exist in the child must not hang it."""
     from pgpool_compat import health
 
+    def child() -> Dict[str, Any]:
+        conn = pool.getconn()
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        pool.putconn(conn)  # in a transaction: the reset arms the watchdog
+        return {"idle": len(pool._pool)}
+
     pool = pgpool_compat.ThreadedConnectionPool(1, 2, pg_dsn)
-    inside, leave = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        with health._watchdog._cond:
-            inside.set()
-            leave.wait(timeout=30)
-
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    try:
-        assert inside.wait(timeout=10)
-
-        def child() -> Dict[str, Any]:
-            conn = pool.getconn()
-            with conn.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            pool.putconn(conn)  # in a transaction: the reset arms the watchdog
-            return {"idle": len(pool._pool)}
-
+    with pool, held_by_another_thread(health._watchdog._cond):
         assert run_in_child(child, timeout=5.0) == {"idle": 1}
-    finally:
-        leave.set()
-        holder.join(timeout=10)
-        pool.closeall()
 
 
 def test_child_runs_its_own_keeper(pg_dsn: str) -> None:

@@ -349,26 +349,13 @@ def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
 def test_a_forked_child_uses_the_manager_when_a_parent_thread_held_its_lock(
     pg_dsn: str,
 ) -> None:
-    from tests.test_fork import run_in_child
+    from tests.test_fork import held_by_another_thread, run_in_child
 
     dsn = with_app(pg_dsn, "mgr_fork_lock")
-    inside, leave = threading.Event(), threading.Event()
 
-    def hold_the_lock() -> None:
-        with PoolManager._lock:
-            inside.set()
-            leave.wait(timeout=30)
+    def child() -> Dict[str, Any]:
+        with PoolManager.connection(dsn) as conn:
+            return {"pid": backend_pid(conn)}
 
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    try:
-        assert inside.wait(timeout=10)
-
-        def child() -> Dict[str, Any]:
-            with PoolManager.connection(dsn) as conn:
-                return {"pid": backend_pid(conn)}
-
+    with held_by_another_thread(PoolManager._lock):
         assert run_in_child(child, timeout=10.0)["pid"] > 0
-    finally:
-        leave.set()
-        holder.join(timeout=10)

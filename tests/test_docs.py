@@ -9,6 +9,7 @@ variables; a block that cannot run is fenced ``python-not-run`` under a visible 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ RUNNER = Path(__file__).with_name("docs_examples.py")
 FENCE_LANGUAGES = {"python", "python-not-run", "sh", "text", "ini", "yaml", "toml", "diff", ""}
 NOT_RUN_NOTE = "Not run by the tests:"
 README_MAX_LINES = 300
+#: A command run with a bare ``python``, which a Debian user does not have (``python3 -m venv``
+#: is how the venv gets made, so it stays); ``.venv/bin/python -m ...`` is the form to use.
+BARE_PYTHON = re.compile(r"(?<![\w./-])python3?(?: -m (?!venv\b)| [\w./-]+\.py\b)")
 PAGE_TIMEOUT_S = 90
 
 
@@ -90,16 +94,24 @@ def test_examples_run(page: Path, pg_dsn: str, tmp_path: Path) -> None:
 def test_no_python_block_is_skipped_silently(page: Path) -> None:
     """Every block is run, or fenced ``python-not-run`` under a visible reason."""
     lines = page.read_text(encoding="utf-8").splitlines()
+    known = ", ".join(sorted(FENCE_LANGUAGES - {""}))
     problems = []
     for line, language in _fences(page):
         if language not in FENCE_LANGUAGES:
-            problems.append(f"line {line}: fence language {language!r} (known: python, "
-                            f"python-not-run, {', '.join(sorted(FENCE_LANGUAGES - {'', 'python', 'python-not-run'}))})")
+            problems.append(f"line {line}: fence language {language!r} (known: {known})")
         if language == "python-not-run":
             above = [text for text in lines[: line - 1] if text.strip()]
             if not above or not above[-1].lstrip("*_ ").startswith(NOT_RUN_NOTE):
                 problems.append(f"line {line}: python-not-run needs a line {NOT_RUN_NOTE!r} above")
     assert not problems, f"{_page_id(page)}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_commands_name_the_venv_interpreter(page: Path) -> None:
+    lines = page.read_text(encoding="utf-8").splitlines()
+    bare = [f"line {number}: {text.strip()}" for number, text in enumerate(lines, 1)
+            if BARE_PYTHON.search(text)]
+    assert not bare, f"{_page_id(page)}: use .venv/bin/python: " + "; ".join(bare)
 
 
 def test_readme_is_a_front_page() -> None:
@@ -109,8 +121,9 @@ def test_readme_is_a_front_page() -> None:
 
 def test_site_builds_strict(tmp_path: Path) -> None:
     """``mkdocs build --strict``: every page in the nav, every link and reference resolves."""
+    # Not --quiet: it silences the warnings, and --strict then has nothing to fail on.
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict",  # not --quiet: it hides warnings from --strict
+        [sys.executable, "-m", "mkdocs", "build", "--strict",
          "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
         cwd=ROOT,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # Material's end-of-life banner

@@ -64,6 +64,14 @@ def libpq_environment(dsn: str) -> dict[str, str]:
     return env
 
 
+def test_database_url_names_the_same_server_as_the_dsn() -> None:
+    dsn = "host=127.0.0.1 port=6543 user=app dbname='my db' password='p@ss:/ word'"
+    env = libpq_environment(dsn)
+    assert psycopg2.extensions.parse_dsn(env["DATABASE_URL"]) == psycopg2.extensions.parse_dsn(dsn)
+    assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGDATABASE"], env["PGPASSWORD"]) == (
+        "127.0.0.1", "6543", "app", "my db", "p@ss:/ word")
+
+
 def _fences(page: Path) -> list[tuple[int, str]]:
     """(line, language) of every fenced block of ``page``, found by Sybil's own lexer."""
     text = page.read_text(encoding="utf-8")

@@ -29,6 +29,8 @@ RUNNER = Path(__file__).with_name("docs_examples.py")
 FENCE_LANGUAGES = {"python", "python-not-run", "sh", "text", "ini", "yaml", "toml", "diff", ""}
 NOT_RUN_NOTE = "Not run by the tests:"
 README_MAX_LINES = 300
+#: Lines at least this long, found word for word in README.md and a page, are a copy.
+REPEATED_LINE_MIN_CHARS = 60
 #: A command run with a bare ``python``, which a Debian user does not have (``python3 -m venv``
 #: is how the venv gets made, so it stays); ``.venv/bin/python -m ...`` is the form to use.
 BARE_PYTHON = re.compile(r"(?<![\w./-])python3?(?: -m (?!venv\b)| [\w./-]+\.py\b)")
@@ -120,6 +122,18 @@ def test_commands_name_the_venv_interpreter(page: Path) -> None:
     bare = [f"line {number}: {text.strip()}" for number, text in enumerate(lines, 1)
             if BARE_PYTHON.search(text)]
     assert not bare, f"{_page_id(page)}: use .venv/bin/python: " + "; ".join(bare)
+
+
+@pytest.mark.parametrize("page", PAGES[1:], ids=_page_id)
+def test_no_docs_line_repeats_the_readme(page: Path) -> None:
+    """Each topic is written once: the guide links to the README instead of copying it."""
+    def lines(path: Path) -> list[str]:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+
+    readme = set(lines(ROOT / "README.md"))
+    copied = [line for line in lines(page)
+              if len(line) > REPEATED_LINE_MIN_CHARS and line in readme]
+    assert not copied, f"{_page_id(page)} repeats README.md: {copied}"
 
 
 def test_readme_is_a_front_page() -> None:

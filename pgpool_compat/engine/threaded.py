@@ -242,17 +242,7 @@ class ThreadedRunner(Generic[ConnT]):
     def stats(self, pop: bool = False) -> Dict[str, int]:
         """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
         with self._lock:
-            core = self.core
-            idle = 0 if core.closed else core.idle_count
-            gauges = {
-                "pool_min": core.min_size,
-                "pool_max": core.max_size if core.total_max_size is None else core.total_max_size,
-                "pool_size": 0 if core.closed else core.size,
-                "pool_available": idle,
-                "requests_waiting": len(core.waiters),
-            }
-            gauges.update(core.counters.pop() if pop else core.counters.snapshot())
-            return gauges
+            return self.core.stats(pop)
 
     @property
     def idle_count(self) -> int:

@@ -372,3 +372,44 @@ def test_forked_child_starts_from_empty_books_and_never_closes_the_parents(
         assert pipe.read() == "False False False 1"
     assert status == 0 and not borrowed.closed and not idle.closed
     assert runner.figures().size == 2  # the parent's books are untouched
+
+
+def test_close_between_a_hand_off_and_the_waiter_waking_up(
+    runners: List[ThreadedRunner[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiter was handed a connection, then close() ran before it woke: it gets
+    PoolClosed (not a closed connection) and the books stay consistent."""
+    from pgpool_compat.engine import threaded
+
+    woken, gate = threading.Event(), threading.Event()
+    real_sleep = threaded._ThreadWaiter.sleep
+
+    def sleep_then_hold(self: Any, deadline: Any) -> None:
+        real_sleep(self, deadline)
+        woken.set()
+        assert gate.wait(5)
+
+    monkeypatch.setattr(threaded._ThreadWaiter, "sleep", sleep_then_hold)
+    runner = factory_runner(runners, max_size=1, timeout=5)
+    held = runner.acquire()
+    outcome: List[Any] = []
+
+    def waiter() -> None:
+        try:
+            outcome.append(runner.acquire())
+        except PoolError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 2
+    while runner.figures().pending < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    runner.release(held)  # handed to the waiter, which stops at the gate
+    assert woken.wait(5)
+    runner.close()
+    gate.set()
+    thread.join(5)
+    assert isinstance(outcome[0], PoolClosed) and held.closed
+    core = runner.core
+    assert (core.size, core.opening, len(core.out)) == (0, 0, 0)

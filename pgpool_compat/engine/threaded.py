@@ -317,8 +317,9 @@ class ThreadedRunner(Generic[ConnT]):
 
     def _drop_lent(self, entry: Entry) -> None:
         with self._lock:
-            self.core.out.pop(id(entry.conn), None)
-            self.core.drop(entry)
+            # Not lent any more if close() took it meanwhile: already doomed, once.
+            if self.core.out.pop(id(entry.conn), None) is not None:
+                self.core.drop(entry)
         self._dispose_doomed()
 
     def _wait(
@@ -351,6 +352,10 @@ class ThreadedRunner(Generic[ConnT]):
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
+            elif core.closed:  # closed between the hand-off and this wake-up
+                self._give_back(waiter)
+                core.counters.requests_errors += 1
+                error = PoolClosed()
         if self.observer is not None:
             self.observer.waited(self.name, waited)
         if error is not None:
@@ -363,9 +368,8 @@ class ThreadedRunner(Generic[ConnT]):
         grant = waiter.grant
         if grant is SLOT:
             self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry):
-            self.core.out.pop(id(grant.conn), None)
-            self.core.shelve(grant, monotonic())
+        elif isinstance(grant, Entry) and self.core.out.pop(id(grant.conn), None) is not None:
+            self.core.shelve(grant, monotonic())  # unless close() took it meanwhile
 
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""

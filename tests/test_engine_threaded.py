@@ -413,3 +413,14 @@ def test_close_between_a_hand_off_and_the_waiter_waking_up(
     assert isinstance(outcome[0], PoolClosed) and held.closed
     core = runner.core
     assert (core.size, core.opening, len(core.out)) == (0, 0, 0)
+
+
+def test_a_factory_returning_none_is_refused_and_its_slot_freed(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    results: List[Any] = [None, Resource(1)]
+    runner = factory_runner(runners, lambda: results.pop(0), max_size=1, timeout=0)
+    with pytest.raises(DuplicateConnection, match="returned None"):
+        runner.acquire()
+    assert runner.figures().size == 0
+    assert isinstance(runner.acquire(), Resource)

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import psycopg2
 import pytest
@@ -424,3 +424,44 @@ def test_a_factory_returning_none_is_refused_and_its_slot_freed(
         runner.acquire()
     assert runner.figures().size == 0
     assert isinstance(runner.acquire(), Resource)
+
+
+def test_threads_hammering_never_share_an_object_nor_exceed_the_caps(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    """16 threads x 150 checkouts over 3 keys, max 2 per key and 4 in all, some returns
+    discarded, short timeouts: nobody ever holds what another holds, the caps hold, and the
+    books add up at the end."""
+    factory = Factory()
+    runner = factory_runner(runners, factory, max_size=2, total_max_size=4, timeout=0.05)
+    holders: Dict[int, int] = {}
+    guard = threading.Lock()
+    problems: List[str] = []
+
+    def worker(seed: int) -> None:
+        for n in range(150):
+            key = ("a", "b", "c")[(seed + n) % 3]
+            try:
+                conn = runner.acquire(key)
+            except PoolTimeout:
+                continue
+            with guard:
+                if id(conn) in holders:
+                    problems.append("one object lent twice")
+                holders[id(conn)] = seed
+                if runner.core.size > 4:
+                    problems.append("total cap exceeded")
+            with guard:
+                del holders[id(conn)]
+            runner.release(conn, discard=(seed + n) % 7 == 0)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive(), "a worker is stuck"
+    assert problems == []
+    figures = runner.figures()
+    assert figures.used == 0 and figures.pending == 0 and figures.size == figures.idle <= 4
+    assert figures.size == len([c for c in factory.made if not c.closed])

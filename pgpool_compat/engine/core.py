@@ -19,7 +19,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, Hashable, List, Optional, Union
 
-from ..errors import DuplicateConnection, NotBorrowed, PoolClosed, PoolTimeout
+from ..errors import (
+    DUPLICATE_MESSAGE,
+    NOT_BORROWED_MESSAGE,
+    DuplicateConnection,
+    NotBorrowed,
+    PoolClosed,
+    PoolTimeout,
+)
 from ..settings import Settings
 from .entry import Entry
 from .stats import Counters, Figures
@@ -142,19 +149,21 @@ class Core:
         """A reserved slot got its connection: its entry, counted but neither idle nor lent.
 
         Raises ``DuplicateConnection`` (the slot freed, ``conn`` left alone: someone else
-        holds it) when the pool already holds that very object.
+        holds it) when the pool already holds that very object, or when it is ``None``.
         """
         sub = self.subpools[key]
         sub.opening -= 1
         self.opening -= 1
-        if id(conn) in self.entries:
+        if conn is None or id(conn) in self.entries:
             sub.size -= 1
             self.size -= 1
             self.offer_slot()
-            raise DuplicateConnection(
-                "the factory returned an object this pool already holds (a shared client, "
-                f"None?): {type(conn).__name__} objects must be distinct; slot freed"
+            what = (
+                "None instead of a connection"
+                if conn is None
+                else "an object this pool already holds"
             )
+            raise DuplicateConnection(DUPLICATE_MESSAGE % what)
         entry = Entry(conn, state, key, now, self.max_lifetime)
         self.entries[id(conn)] = entry
         return entry
@@ -174,9 +183,8 @@ class Core:
         same instant: the slot or the connection goes to the next in line."""
         if grant is SLOT:
             self.abandon(waiter.key)
-        elif isinstance(grant, Entry):
-            self.out.pop(id(grant.conn), None)
-            self.shelve(grant, now)
+        elif isinstance(grant, Entry) and self.out.pop(id(grant.conn), None) is not None:
+            self.shelve(grant, now)  # unless close() took it meanwhile
 
     def timed_out(self, waited: float, limits: str) -> PoolTimeout:
         """Count a checkout that ran out of time; the error to raise. ``limits`` words the
@@ -202,10 +210,7 @@ class Core:
         """The entry of a borrowed connection, taken off the borrowed books."""
         entry = self.out.pop(id(conn), None)
         if entry is None:
-            raise NotBorrowed(
-                f"this {type(conn).__name__} was not borrowed from this pool, or was "
-                "returned already; nothing was changed"
-            )
+            raise NotBorrowed(NOT_BORROWED_MESSAGE)
         return entry
 
     def shelve(self, entry: Entry, now: float) -> None:

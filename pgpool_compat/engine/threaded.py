@@ -313,8 +313,9 @@ class ThreadedRunner(Generic[ConnT]):
 
     def _drop_lent(self, entry: Entry) -> None:
         with self._lock:
-            self.core.out.pop(id(entry.conn), None)
-            self.core.drop(entry)
+            # Not lent any more if close() took it meanwhile: already doomed, once.
+            if self.core.out.pop(id(entry.conn), None) is not None:
+                self.core.drop(entry)
         self._dispose_doomed()
 
     def _wait(
@@ -347,6 +348,10 @@ class ThreadedRunner(Generic[ConnT]):
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
+            elif core.closed:  # closed between the hand-off and this wake-up
+                core.give_back(waiter, grant, monotonic())
+                core.counters.requests_errors += 1
+                error = PoolClosed()
         if self.observer is not None:
             self.observer.waited(self.name, waited)
         if error is not None:

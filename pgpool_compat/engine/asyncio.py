@@ -168,6 +168,7 @@ class AsyncRunner(Generic[ConnT]):
         idle connections opened for it may be bound to it (asyncpg's are): close them."""
         core = self.core
         now = monotonic()
+        core.waiters.clear()  # first: their futures belong to the old loop, never offer to them
         for key in self._opening.values():
             core.abandon_quietly(key)
         for entry in self._settling.values():
@@ -175,7 +176,6 @@ class AsyncRunner(Generic[ConnT]):
         self._opening.clear()
         self._settling.clear()
         self._disposing.clear()
-        core.waiters.clear()
         self._keeper = None
         for entry in core.take_all_idle():
             core.settled(entry, False, now)
@@ -491,6 +491,8 @@ class AsyncRunner(Generic[ConnT]):
         try:
             conn = await self.driver.connect()
             state = self.driver.prepare(conn)
+        except GeneratorExit:  # collected with a loop that ended: the books moved on
+            raise
         except BaseException as error:
             if conn is not None:
                 await self.driver.dispose(conn)  # a failed prepare must not leak it
@@ -529,6 +531,8 @@ class AsyncRunner(Generic[ConnT]):
             await asyncio.wait_for(
                 self.driver.reset(entry.conn, entry.state), self.settings.check_timeout
             )
+        except GeneratorExit:  # collected with a loop that ended: the books moved on
+            raise
         except BaseException as error:  # cancelled too: books first, re-raised below
             failure = error
         task = asyncio.current_task()

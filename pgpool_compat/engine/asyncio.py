@@ -259,8 +259,10 @@ class AsyncRunner(Generic[ConnT]):
         if state:
             task = asyncio.get_running_loop().create_task(self._reset(entry))
             self._settling[task] = entry
-            # Shielded: a cancelled caller still gets its connection reset and returned.
-            await asyncio.shield(task)
+            # asyncio.wait, not await: a cancelled caller leaves the reset running (its
+            # connection is returned all the same), and a reset that close() cancels does
+            # not cancel the caller.
+            await asyncio.wait((task,))
 
     # -- other verbs -----------------------------------------------------------------------
 
@@ -309,10 +311,11 @@ class AsyncRunner(Generic[ConnT]):
             self._dispose_doomed()
         return verdicts.count(False)
 
-    async def close(self, close_borrowed: bool = True) -> None:
+    async def close(self, close_borrowed: bool = True, timeout: Optional[float] = None) -> None:
         """Close the idle connections (and the borrowed ones unless told not to), fail the
-        waiters, stop the keeper. Bounded by ``check_timeout``; cancellable (what is left
-        is closed in the background). Idempotent."""
+        waiters, stop the keeper. Waits ``timeout`` seconds at most (default
+        ``check_timeout``) for the connects, resets and closes it cancels or starts; can be
+        cancelled (what is left is closed in the background). Idempotent."""
         core = self.core
         if core.closed:
             return
@@ -331,7 +334,8 @@ class AsyncRunner(Generic[ConnT]):
         pending = [*self._opening, *self._settling, *self._disposing]
         try:
             if pending:
-                await asyncio.wait(pending, timeout=self.settings.check_timeout)
+                bound = self.settings.check_timeout if timeout is None else timeout
+                await asyncio.wait(pending, timeout=bound)
         finally:  # out of time, or the caller cancelled: abandon what is still running
             self._abandon_claims()
             log.closed(self.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -175,3 +175,35 @@ def test_waiters_and_resets_left_behind_by_an_ended_loop_are_dropped_cleanly() -
         await pool.close_all()
 
     run(second_loop)
+
+
+def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str) -> None:
+    """Forked while the parent's loop runs: the child binds its own loop and opens its own
+    connection; the parent's idle connection is neither handed out there nor closed."""
+    import psycopg2
+
+    from tests.helpers import pid_of, scalar
+    from tests.test_fork import run_in_child
+
+    async def connect() -> Any:
+        return psycopg2.connect(pg_dsn)
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(connect, min_size=1, max_size=2)
+
+    def child() -> Dict[str, Any]:
+        async def use() -> int:
+            async with pool.connection() as conn:
+                return pid_of(conn)
+
+        return {"backend": asyncio.run(use())}
+
+    async def body() -> None:
+        async with pool:
+            async with pool.connection() as conn:
+                parent_backend = pid_of(conn)
+            result = run_in_child(child)  # forks while this loop runs
+            assert result["backend"] != parent_backend
+            async with pool.connection() as again:
+                assert again is conn and scalar(again, "SELECT 1") == 1
+
+    run(body, bound=20)

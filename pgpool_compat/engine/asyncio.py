@@ -23,6 +23,7 @@ another thread is refused with ``PoolError``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from typing import Any, Dict, Generic, Hashable, List, Optional, Set, Tuple
@@ -35,7 +36,7 @@ from . import log
 from .checks import CheckPolicy
 from .core import SLOT, Core, Grant, Waiter
 from .entry import Entry
-from .stats import Figures, Observer, register, unregister
+from .stats import Figures, Observer, live_runners, register, unregister
 from .threaded import DEFAULT, UPKEEP_INTERVAL, _Keeper
 
 __all__ = ["AsyncRunner"]
@@ -599,6 +600,26 @@ class AsyncRunner(Generic[ConnT]):
                 for other in keys[position + 1 :]:
                     core.abandon(other)
                 raise
+
+    def _after_fork_in_child(self) -> None:
+        """Forget what the parent owns, without closing it (closing would end its sessions),
+        and the parent's loop: the child's first use binds its own."""
+        self.core.forget_all()
+        self._loop = None
+        self._opening.clear()
+        self._settling.clear()
+        self._disposing.clear()
+        self._keeper = None
+
+
+def _after_fork_in_child() -> None:
+    for runner in live_runners():
+        if isinstance(runner, AsyncRunner):
+            runner._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _keep(runner_ref: weakref.ref[AsyncRunner[Any]]) -> None:

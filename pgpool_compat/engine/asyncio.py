@@ -188,37 +188,58 @@ class AsyncRunner(Generic[ConnT]):
     async def acquire(self, key: Hashable = None, timeout: Optional[float] = DEFAULT) -> ConnT:
         """Borrow a connection of ``key``, waiting up to ``timeout`` (the pool's setting by
         default; None: for ever; 0: not at all), then ``PoolTimeout``."""
-        self.bind()
+        if asyncio.get_running_loop() is not self._loop:
+            self.bind()
         core = self.core
         if core.closed:
             core.counters.requests_errors += 1
             raise PoolClosed()
         core.counters.requests_num += 1
         started = monotonic()
+        if self._needs_upkeep and started >= self._upkeep_due:
+            self._upkeep(started)
+        # Hot path: nobody queued, an idle connection, no check that does I/O (no await).
+        entry = None if core.waiters else core.take_idle(key, started)
+        if core.doomed:
+            self._dispose_doomed()
+        if entry is not None and not self._checks.slow:
+            probe = self._checks.probe
+            if probe is None or probe(entry.conn, entry.state):
+                if self._capture_stacks:
+                    entry.capture_stack()
+                if self.observer is not None:
+                    self.observer.waited(self.name, monotonic() - started)
+                return entry.conn  # type: ignore[no-any-return]
+            self._lost(entry, started, "socket")
+            self._drop_lent(entry)
+            entry = None
         if timeout is DEFAULT:
             timeout = self.settings.timeout
-        conn = await self._checkout(key, timeout, started)
+        conn = await self._checkout(key, timeout, started, entry)
         if self.observer is not None:  # every checkout served, queued or not
             self.observer.waited(self.name, monotonic() - started)
         return conn
 
-    async def _checkout(self, key: Hashable, timeout: Optional[float], started: float) -> ConnT:
+    async def _checkout(
+        self, key: Hashable, timeout: Optional[float], started: float, entry: Optional[Entry]
+    ) -> ConnT:
+        """The rest of ``acquire``: check ``entry`` (lent already) if given, else queue or
+        connect, until a connection passes its checks."""
         core = self.core
         now = started
         deadline = None if timeout is None else started + timeout
-        if self._needs_upkeep and now >= self._upkeep_due:
-            self._upkeep(now)
-        first = True
+        # First come, first served: a newcomer queues behind waiters of its key; after its
+        # first try it is ahead of those who came since.
+        queued_ahead = entry is None and any(waiter.key == key for waiter in core.waiters)
         while True:
-            # First come, first served: a newcomer queues behind waiters of its key.
-            queued_ahead = first and any(waiter.key == key for waiter in core.waiters)
-            first = False
-            entry = None if queued_ahead else core.take_idle(key, now)
-            if core.doomed:
-                self._dispose_doomed()
+            if entry is None and not queued_ahead:
+                entry = core.take_idle(key, now)
+                if core.doomed:
+                    self._dispose_doomed()
             if entry is None:
                 if not queued_ahead and core.reserve(key):
                     return await self._open_lent(key)
+                queued_ahead = False
                 grant = await self._wait(key, started, deadline, timeout)
                 if grant is SLOT:
                     return await self._open_lent(key)
@@ -226,12 +247,14 @@ class AsyncRunner(Generic[ConnT]):
                 entry = grant
             if await self._validate(entry, now, deadline):
                 return entry.conn  # type: ignore[no-any-return]
+            entry = None
             now = monotonic()
 
     async def release(self, conn: ConnT, discard: bool = False) -> None:
         """Give ``conn`` back; safe from a task being cancelled. It is reset (bounded by
         ``check_timeout``) if it needs it, closed if it cannot be kept or ``discard``."""
-        self.bind()
+        if asyncio.get_running_loop() is not self._loop:
+            self.bind()
         core = self.core
         # No await until the books are right: a cancelled caller still returns it.
         entry = core.out.pop(id(conn), None)

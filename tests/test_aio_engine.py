@@ -207,3 +207,32 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
                 assert again is conn and scalar(again, "SELECT 1") == 1
 
     run(body, bound=20)
+
+
+def test_the_observer_hears_every_connect_checkout_and_borrow() -> None:
+    """Metrics' hook: created per connect, waited per served checkout (queued or not, never
+    for a timeout), used per return."""
+    heard: List[str] = []
+
+    class Observer:
+        def created(self, pool_name: str, seconds: float) -> None:
+            heard.append("created")
+
+        def waited(self, pool_name: str, seconds: float) -> None:
+            heard.append("waited")
+
+        def used(self, pool_name: str, seconds: float) -> None:
+            heard.append("used")
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(Factory(), min_size=0, max_size=1, timeout=0.05)
+        pool._runner.observer = Observer()
+        conn = await pool.acquire()  # connects: created, then waited
+        with pytest.raises(PoolError):
+            await pool.acquire()  # times out: no waited
+        await pool.release(conn)
+        await pool.release(await pool.acquire())  # the hot path
+        await pool.close_all()
+
+    run(body)
+    assert heard == ["created", "waited", "used", "waited", "used"]

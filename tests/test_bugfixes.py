@@ -426,3 +426,41 @@ def test_failed_construction_closes_what_it_opened(
     finally:
         for conn in opened:
             conn.close()
+
+
+# -- issue 10 item 4: minconn / maxconn assigned after construction ---------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_minconn_and_maxconn_assigned_after_construction_are_read_live(
+    impl: ModuleType, cls: str, pg_dsn: str, pools: List[Any]
+) -> None:
+    """Real consumers build ``ThreadedConnectionPool(0, n)`` and then set ``pool.minconn``:
+    stock reads both attributes on every call, so the pool must too (both libraries pass)."""
+    pool = getattr(impl, cls)(0, 4, pg_dsn)
+    pools.append(pool)
+
+    pool.minconn = 2  # raised: up to two returned connections stay open
+    first, second = pool.getconn(), pool.getconn()
+    pids = {_backend_pid(first), _backend_pid(second)}
+    pool.putconn(first)
+    pool.putconn(second)
+    assert not first.closed and not second.closed
+    again = [pool.getconn(), pool.getconn()]
+    assert {_backend_pid(conn) for conn in again} == pids  # reused, no new backends
+    for conn in again:
+        pool.putconn(conn)
+
+    pool.minconn = 0  # lowered: a returned connection is closed
+    conn = pool.getconn()
+    pool.putconn(conn)
+    assert conn.closed
+
+    pool.maxconn = 1  # lowered: the second checkout finds the pool exhausted
+    held = pool.getconn()
+    with pytest.raises(psycopg2.pool.PoolError, match="exhausted"):
+        pool.getconn()
+    pool.maxconn = 2  # raised again: room for one more
+    extra = pool.getconn()
+    pool.putconn(extra)
+    pool.putconn(held)

@@ -451,3 +451,18 @@ def test_psycopg2_factory_check_drops_a_terminated_backend(pg_dsn: str) -> None:
             cur.execute("SELECT pg_backend_pid()")
             assert cur.fetchone()[0] != pid
         assert pool.get_stats()["connections_lost"] == 1
+
+
+def test_minconn_and_maxconn_assigned_after_construction_are_read_live() -> None:
+    """Issue 10 item 4: the factory pool keeps returned connections up to ``maxconn`` as it
+    is now, not as it was at construction, and caps checkouts with it."""
+    factory = Factory()
+    pool: ConnectionPool[FakeConn] = ConnectionPool(factory, min_size=0, max_size=1, timeout=0)
+    pool.maxconn = 2
+    first, second = pool.acquire(), pool.acquire()
+    with pytest.raises(PoolTimeoutError):
+        pool.acquire()
+    pool.release(first)
+    pool.release(second)
+    assert pool.idle_count == 2 and not first.closed and not second.closed
+    pool.close_all()

@@ -127,7 +127,7 @@ def test_wrong_explicit_key_raises_and_changes_nothing(
         assert type(error) is (KeyError if wrong == "unknown key" else type(None))
         assert _books(pool) != before
         return
-    assert type(error) is psycopg2.pool.PoolError
+    assert isinstance(error, psycopg2.pool.PoolError)
     assert repr(key) in str(error)  # the message names the key that did not match
     assert _books(pool) == before
     assert not mine.closed and not theirs.closed
@@ -464,3 +464,24 @@ def test_minconn_and_maxconn_assigned_after_construction_are_read_live(
     extra = pool.getconn()
     pool.putconn(extra)
     pool.putconn(held)
+
+
+# -- issue 10 item 10: the wrong-key error is still a KeyError --------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_wrong_key_error_is_both_a_pool_error_and_a_key_error(
+    cls: str, pg_dsn: str, pools: List[Any]
+) -> None:
+    """Stock raised ``KeyError`` for an unknown key, and code written against it catches
+    that; ours must be caught by ``except KeyError`` and ``except PoolError`` alike, with the
+    clear message (not KeyError's quoted repr) and the books unchanged."""
+    pool = getattr(pgpool_compat, cls)(1, 2, pg_dsn)
+    pools.append(pool)
+    conn = pool.getconn("mine")
+    for catch in (KeyError, psycopg2.pool.PoolError, pgpool_compat.WrongKeyError):
+        with pytest.raises(catch) as raised:
+            pool.putconn(conn, key="nope")
+        assert str(raised.value).startswith("trying to put a connection under key 'nope'")
+    assert pool.getconn("mine") is conn  # still booked under its own key
+    pool.putconn(conn, key="mine")

@@ -427,6 +427,40 @@ def test_shutdown_reports_when_the_lock_is_held_elsewhere() -> None:
         holder.join(5)
 
 
+def test_shutdown_calls_each_pools_public_shutdown(registry: Dict[str, Any]) -> None:
+    """Issue 10 item 5: queries' own test replaces ``pool.shutdown`` with a mock and asserts
+    the call; a subclass that overrides it expects the same. The report still counts what a
+    pool left open, and the manager's deadline still bounds the real method."""
+    PoolManager.create("mocked")
+    PoolManager.create("stuck", max_size=2)
+    mocked = registry["mocked"]
+    mocked.shutdown = mock.Mock()
+    calls: List[str] = []
+
+    class Audited(Pool):
+        def shutdown(self, timeout: Any = None) -> None:
+            calls.append(self.id)
+            super().shutdown(timeout)
+
+    registry["audited"] = Audited("audited")
+    PoolManager.add("audited", fake_handle())
+    release = threading.Event()
+    stuck = fake_handle()
+    stuck.close.side_effect = lambda: release.wait(10)  # a query running in another thread
+    PoolManager.add("stuck", stuck)
+    session = mock.Mock()  # alive: the connection is held, so it is closed in a thread
+    PoolManager.lock("stuck", stuck, session)
+    started = time.monotonic()
+    try:
+        assert PoolManager.shutdown(timeout=0.3) == {"stuck": 1}
+        assert time.monotonic() - started < 2  # bounded by the manager's timeout
+    finally:
+        release.set()
+    mocked.shutdown.assert_called_once_with()
+    assert calls == ["audited"]
+    assert registry == {}
+
+
 def test_register_atexit_registers_once() -> None:
     with mock.patch.object(PoolManager, "_atexit_registered", False), \
             mock.patch("atexit.register") as register:

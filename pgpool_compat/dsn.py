@@ -51,5 +51,7 @@ def pool_id(dsn: str) -> str:
     present different credentials must never share an authenticated connection. The digest
     is a keyed BLAKE2b, so the id reveals nothing about the DSN; the DSN itself is not kept.
     """
+    if not isinstance(dsn, str):
+        raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
     canonical = json.dumps(sorted(_parameters(dsn).items()), separators=(",", ":"))
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16, key=_ID_KEY).hexdigest()

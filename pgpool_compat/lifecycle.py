@@ -18,6 +18,7 @@ __all__ = [
     "CLOSED_MESSAGE",
     "MAX_SECONDS",
     "callable_setting",
+    "count_setting",
     "default_releaser",
     "exhausted_message",
     "flag_setting",
@@ -91,13 +92,20 @@ def default_releaser(conn: Any) -> Any:
     return close() if callable(close) else None
 
 
+def count_setting(name: str, value: Any, *, minimum: int) -> int:
+    """Validate a whole-number keyword (a size), naming it in errors."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def size_settings(min_size: Any, max_size: Any) -> Tuple[int, int]:
     """Validate the factory pools' ``min_size`` / ``max_size``."""
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be at least 0, got {min_size}")
+    count_setting("min_size", min_size, minimum=0)
+    if isinstance(max_size, bool) or not isinstance(max_size, int):
+        raise TypeError(f"max_size must be an int, got {type(max_size).__name__}")
     if max_size < 1 or max_size < min_size:
         raise ValueError(
             f"max_size must be at least 1 and at least min_size ({min_size}), got {max_size}"

@@ -36,6 +36,7 @@ from psycopg2.pool import PoolError
 
 from .dsn import libpq_dsn, pool_id
 from .health import Psycopg2Driver
+from .lifecycle import count_setting
 from .options import PoolOptions
 
 __all__ = [
@@ -618,6 +619,15 @@ class Pool:
 # -- PoolManager ---------------------------------------------------------------------------
 
 
+def _seconds(name: str, value: Any) -> None:
+    """Validate a duration of ``PoolManager.connection``: a number >= 0 (``inf`` is allowed,
+    as queries allows any TTL), naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
 def _shut_down(pid: str, pool: Pool) -> int:
     """Call the pool's own ``shutdown()`` (a subclass's override or a test's mock gets the
     call, as in queries); return how many connections it left open."""
@@ -868,8 +878,10 @@ class PoolManager:
         ``PoolFullError`` at once, or after waiting up to ``timeout`` seconds, first come
         first served among ``connection()`` callers.
         """
-        if timeout is not None and (math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        count_setting("max_size", max_size, minimum=1)
+        _seconds("idle_ttl", idle_ttl)
+        if timeout is not None:
+            _seconds("timeout", timeout)
         pid = pool_id(dsn)
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = _Lease()

@@ -485,3 +485,19 @@ def test_wrong_key_error_is_both_a_pool_error_and_a_key_error(
         assert str(raised.value).startswith("trying to put a connection under key 'nope'")
     assert pool.getconn("mine") is conn  # still booked under its own key
     pool.putconn(conn, key="mine")
+
+
+# -- issue 10 item 9: maxconn=inf ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    ("minconn", "maxconn", "named"),
+    [(0, float("inf"), "maxconn"), (float("-inf"), 2, "minconn"), (0, float("nan"), "maxconn")],
+)
+def test_infinite_sizes_are_a_value_error_naming_the_size(
+    cls: str, minconn: Any, maxconn: Any, named: str, pg_dsn: str
+) -> None:
+    """``int(inf)`` raises ``OverflowError``; the promise is a ``ValueError`` naming it."""
+    with pytest.raises(ValueError, match=named):
+        getattr(pgpool_compat, cls)(minconn, maxconn, pg_dsn)

@@ -525,3 +525,36 @@ def test_exported_from_the_package() -> None:
                  "ActivePoolError", "ConnectionBusyError", "ConnectionNotFoundError",
                  "NoIdleConnectionsError", "PoolFullError", "pool_id"):
         assert getattr(pgpool_compat, name) is getattr(manager, name), name
+
+
+# -- issue 10 item 9: loose arguments of the manager additions --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"max_size": 0}, ValueError, "max_size"),
+        ({"max_size": -1}, ValueError, "max_size"),
+        ({"max_size": "2"}, TypeError, "max_size"),
+        ({"max_size": True}, TypeError, "max_size"),
+        ({"idle_ttl": -5}, ValueError, "idle_ttl"),
+        ({"idle_ttl": float("nan")}, ValueError, "idle_ttl"),
+        ({"idle_ttl": "60"}, TypeError, "idle_ttl"),
+        ({"timeout": "1"}, TypeError, "timeout"),
+    ],
+)
+def test_manager_connection_loose_arguments_name_the_argument(
+    registry: Dict[str, Any], kwargs: Dict[str, Any], error: type, named: str
+) -> None:
+    """Each bad argument is refused before anything happens (no pool created, no connect),
+    with an error that names it; before, ``max_size=0`` gave ``PoolFullError`` on every
+    call, ``"2"`` an anonymous ``TypeError`` and ``idle_ttl=-5`` was silently accepted."""
+    with pytest.raises(error, match=named):
+        with PoolManager.connection("host=127.0.0.1 port=1 password=s3cret", **kwargs):
+            pass  # pragma: no cover - never entered
+    assert registry == {}
+
+
+def test_pool_id_of_none_is_a_type_error_naming_the_dsn() -> None:
+    with pytest.raises(TypeError, match="dsn"):
+        manager.pool_id(None)  # type: ignore[arg-type]

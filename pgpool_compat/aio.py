@@ -43,6 +43,7 @@ from typing import (
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
+    FOREIGN_RELEASE_MESSAGE,
     callable_setting,
     default_releaser,
     exhausted_message,
@@ -52,6 +53,7 @@ from .lifecycle import (
     prefill_count,
     seconds_setting,
     size_settings,
+    timeout_limits,
 )
 from .records import ConnRecord
 from .stats import PoolStats
@@ -219,7 +221,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         if record is None:
             if self._closed:
                 raise PoolError(CLOSED_MESSAGE)
-            raise PoolError("trying to release a connection this pool did not hand out")
+            raise PoolError(FOREIGN_RELEASE_MESSAGE)
         now = time.monotonic()
         self._stats.usage_ms += (now - record.checked_out_at) * 1000.0
         if record.expired(now):
@@ -349,7 +351,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._abandon(waiter)
             waited = time.monotonic() - started
             logger.info("async pool: checkout timed out after %.3f s", waited)
-            limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
+            limits = timeout_limits(self._timeout, self._max_size)
             raise PoolTimeoutError(exhausted_message(waited, limits, len(self._waiters)))
         result: Union[ConnRecord, _SlotGrant] = waiter.result()
         return result

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, T
 from .errors import PoolError
 from .health import Driver
 from .lifecycle import (
+    FOREIGN_RELEASE_MESSAGE,
     MAX_SECONDS,
     callable_setting,
     default_releaser,
@@ -21,6 +22,7 @@ from .lifecycle import (
     prefill_count,
     seconds_setting,
     size_settings,
+    timeout_limits,
 )
 from .options import PoolOptions
 from .pool import ThreadedConnectionPool
@@ -85,6 +87,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
     # idle would churn connections); max_idle is what shrinks the pool.
     _keep_idle_up_to_maxconn = True
+    _unkeyed_message = FOREIGN_RELEASE_MESSAGE
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         # Validated here so errors name our keywords, not the engine's pool_* ones.
         min_size, max_size = size_settings(min_size, max_size)
         wait = seconds_setting("timeout", timeout, allow_zero=True)
+        self._timeout_setting = wait  # as given: None is "no bound", not the engine's year
         self._factory_driver: FactoryDriver[ConnT] = FactoryDriver(
             callable_setting("factory", factory, required=True),
             releaser=callable_setting("releaser", releaser),
@@ -122,6 +126,9 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions
     ) -> Driver[Any]:
         return self._factory_driver
+
+    def _timeout_limits(self) -> str:
+        return timeout_limits(self._timeout_setting, self.maxconn)
 
     @property
     def pool_size(self) -> int:

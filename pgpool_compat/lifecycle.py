@@ -16,6 +16,7 @@ from .stats import PoolStats
 
 __all__ = [
     "CLOSED_MESSAGE",
+    "FOREIGN_RELEASE_MESSAGE",
     "MAX_SECONDS",
     "callable_setting",
     "count_setting",
@@ -27,10 +28,15 @@ __all__ = [
     "prefill_count",
     "seconds_setting",
     "size_settings",
+    "timeout_limits",
 ]
 
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
+
+#: ``release()`` of a connection the pool did not hand out (or already took back): the
+#: factory pools' wording, sync and async alike.
+FOREIGN_RELEASE_MESSAGE = "trying to release a connection this pool did not hand out"
 
 #: Longest accepted duration: one year. Longer is a typo, and overflows lock timeouts.
 MAX_SECONDS = 365 * 24 * 3600.0
@@ -45,6 +51,12 @@ def idle_too_long(
     ``min_size`` connections open (``open_count`` counts this one).
     """
     return max_idle is not None and now - record.idle_since > max_idle and open_count > min_size
+
+
+def timeout_limits(timeout: Optional[float], max_size: int) -> str:
+    """The factory pools' ``limits`` for ``exhausted_message``, in their own keywords."""
+    shown = "None" if timeout is None else f"{timeout:g}"
+    return f"timeout={shown}, max_size={max_size}"
 
 
 def exhausted_message(waited: float, limits: str, others_waiting: int) -> str:

@@ -7,6 +7,7 @@ with a bound, every wait has a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Callable, List, Optional
@@ -14,6 +15,7 @@ from typing import Any, Callable, List, Optional
 import psycopg2
 import pytest
 
+from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.factory import ConnectionPool, FactoryDriver
 from pgpool_compat.pool import ThreadedConnectionPool
@@ -466,3 +468,33 @@ def test_minconn_and_maxconn_assigned_after_construction_are_read_live() -> None
     pool.release(second)
     assert pool.idle_count == 2 and not first.closed and not second.closed
     pool.close_all()
+
+
+# -- issue 10 item 11: each face words errors in its own keywords -----------------------------
+
+
+def test_errors_name_the_factory_pools_own_keywords_like_the_async_pool() -> None:
+    """The timeout names ``timeout`` and ``max_size`` (what this pool's user passed), never
+    the engine's ``pool_timeout``/``maxconn``; the foreign-release refusal is worded as the
+    async pool words it."""
+    with ConnectionPool(Factory(), min_size=1, max_size=1, timeout=0.05) as pool:
+        held = pool.acquire()
+        with pytest.raises(PoolTimeoutError) as timed_out:
+            pool.acquire()
+        message = str(timed_out.value)
+        assert "timeout=0.05, max_size=1" in message
+        assert "pool_timeout" not in message and "maxconn" not in message
+        with pytest.raises(PoolError) as foreign:
+            pool.release(FakeConn(99))
+        pool.release(held)
+        with pytest.raises(PoolError) as twice:
+            pool.release(held)
+
+    async def async_refusal() -> str:
+        async with AsyncConnectionPool(Factory(), min_size=0, max_size=1) as async_pool:
+            with pytest.raises(PoolError) as refused:
+                await async_pool.release(FakeConn(99))
+            return str(refused.value)
+
+    expected = asyncio.run(asyncio.wait_for(async_refusal(), 10))
+    assert str(foreign.value) == str(twice.value) == expected

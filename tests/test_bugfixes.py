@@ -244,7 +244,7 @@ def test_threaded_putconn_none_with_unknown_key_is_a_clear_error(
     if stock:
         assert type(info.value) is AttributeError
         return
-    assert type(info.value) is psycopg2.pool.PoolError
+    assert isinstance(info.value, psycopg2.pool.PoolError)
     assert "'nobody'" in str(info.value)
     assert _books(pool) == before
 

@@ -43,6 +43,7 @@ from typing import (
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
+    DUPLICATE_MESSAGE,
     FOREIGN_RELEASE_MESSAGE,
     callable_setting,
     default_releaser,
@@ -139,6 +140,9 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._waiters: Deque[asyncio.Future[Any]] = deque()  # oldest on the left
         # Slots in use: idle + borrowed + being opened, checked or reset. Never > max_size.
         self._size = 0
+        # Every connection the pool holds, by identity (never hashed: it may be unhashable);
+        # the strong reference keeps its id from being reused while it is held.
+        self._held: Dict[int, Any] = {}
         self._connecting: Set[asyncio.Task[ConnRecord]] = set()
         self._background: Set[asyncio.Task[Any]] = set()  # resets and async releasers
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -422,6 +426,11 @@ class AsyncConnectionPool(Generic[ConnT]):
         conn = self._factory()
         if inspect.isawaitable(conn):
             conn = await conn
+        if conn is None:
+            raise PoolError(DUPLICATE_MESSAGE % "None instead of a connection")
+        if id(conn) in self._held:  # a shared client would go to two borrowers: refused
+            raise PoolError(DUPLICATE_MESSAGE % "an object this pool already holds")
+        self._held[id(conn)] = conn
         now = time.monotonic()
         self._stats.connections_num += 1
         self._stats.connections_ms += (now - started) * 1000.0
@@ -490,6 +499,7 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     def _dispose(self, conn: ConnT) -> None:
         """Close a connection without raising; an async releaser runs in the background."""
+        self._held.pop(id(conn), None)
         try:
             closing = self._releaser(conn)
         except Exception as error:

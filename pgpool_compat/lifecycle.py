@@ -16,6 +16,7 @@ from .stats import PoolStats
 
 __all__ = [
     "CLOSED_MESSAGE",
+    "DUPLICATE_MESSAGE",
     "FOREIGN_RELEASE_MESSAGE",
     "MAX_SECONDS",
     "callable_setting",
@@ -33,6 +34,13 @@ __all__ = [
 
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
+
+#: A connect that returned no new object (``%s``: what it returned instead). Refused, so
+#: that one object never goes to two borrowers; the slot is freed.
+DUPLICATE_MESSAGE = (
+    "the connection factory returned %s; each connect must return a new connection "
+    "(nothing was handed out and the slot is free again)"
+)
 
 #: ``release()`` of a connection the pool did not hand out (or already took back): the
 #: factory pools' wording, sync and async alike.

@@ -125,3 +125,47 @@ def sessions_named(admin_conn: Any, application_name: str) -> int:
         )
         count: int = cursor.fetchone()[0]
         return count
+
+
+# -- connections of awkward kinds: the books must key on identity, never hash or tag them ----
+
+
+class UnhashableConn:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class SlottedConn:
+    """No ``__dict__`` and no ``__weakref__``: cannot be tagged nor weakly referenced."""
+
+    __slots__ = ("closes",)
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class AllEqualConn:
+    """Says every other connection of its kind is equal to it (and hashes alike)."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AllEqualConn)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+AWKWARD_CONNECTION_KINDS = (UnhashableConn, SlottedConn, AllEqualConn)

@@ -20,7 +20,7 @@ import pytest
 from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
-from tests.helpers import backend_pids, terminate_backends
+from tests.helpers import AWKWARD_CONNECTION_KINDS, backend_pids, terminate_backends
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -893,3 +893,70 @@ def test_asyncpg_check_drops_a_terminated_backend(pg_dsn: str) -> None:
             assert pool.pool_size == 1
 
     run(body, bound=20)
+
+
+# -- issue 10 item 8: a factory returning an object the pool holds; awkward objects ----------
+
+
+def test_factory_returning_the_same_object_twice_is_refused_and_frees_the_slot() -> None:
+    """The second connect of a shared client (or ``None``) is a clear ``PoolError``: the
+    object is never handed to two borrowers, and no slot is lost."""
+    shared = FakeConn(0)
+    results: List[Any] = [shared, shared, None, FakeConn(1)]
+
+    async def factory() -> Any:
+        return results.pop(0)
+
+    async def body() -> None:
+        async with AsyncConnectionPool(factory, min_size=0, max_size=2, timeout=0.2) as pool:
+            first = await pool.acquire()
+            with pytest.raises(PoolError, match="returned an object this pool already holds"):
+                await pool.acquire()
+            with pytest.raises(PoolError, match="returned None"):
+                await pool.acquire()
+            assert first is shared and not shared.closed
+            assert pool.pool_size == 1
+            second = await pool.acquire()  # both slots usable
+            assert second is not shared
+            await pool.release(first)
+            await pool.release(second)
+            assert pool.idle_count == 2
+        assert shared.closed
+
+    run(body)
+
+
+@pytest.mark.parametrize("kind", AWKWARD_CONNECTION_KINDS, ids=lambda kind: kind.__name__)
+def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
+    made: List[Any] = []
+
+    def factory() -> Any:
+        made.append(kind())
+        return made[-1]
+
+    async def body() -> None:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            factory,
+            min_size=1,
+            max_size=3,
+            timeout=0.2,
+            check=lambda conn: True,
+            reset=lambda conn: None,
+            max_lifetime=60,
+        )
+        async with pool:
+            borrowed = [await pool.acquire() for _ in range(3)]
+            assert len({id(conn) for conn in borrowed}) == 3
+            with pytest.raises(PoolTimeoutError):
+                await pool.acquire()
+            for conn in borrowed:
+                await pool.release(conn)
+            again = [await pool.acquire() for _ in range(3)]
+            assert {id(conn) for conn in again} == {id(conn) for conn in made}
+            with pytest.raises(PoolError):
+                await pool.release(kind())  # equal to every borrowed one, yet not one of them
+            for conn in again:
+                await pool.release(conn)
+        assert [conn.closes for conn in made] == [1, 1, 1]
+
+    run(body)

@@ -11,7 +11,10 @@ asyncio runs one task at a time, so the pool's books need no lock: every change 
 - A connection or slot handed to a waiter that was cancelled in the same instant is passed
   on, never dropped.
 - ``release()`` does its bookkeeping before its first ``await`` and runs an async ``reset``
-  in a shielded task, so a cancelled borrower still returns its connection.
+  in a task of its own, so a cancelled borrower still returns its connection.
+- ``close_all()`` is bounded: it cancels resets in progress, waits ``timeout`` seconds at
+  most for connects, resets and async releasers, and closes the connections of resets it
+  gives up on. Cancelling it stops the wait (the pool is closed already).
 - Waiters are served first come, first served: a returned connection, or a freed slot, goes
   straight to the oldest waiter, and a new request queues behind existing waiters.
 """
@@ -64,6 +67,9 @@ __all__ = ["AsyncConnectionPool"]
 logger = logging.getLogger("pgpool_compat")
 
 ConnT = TypeVar("ConnT")
+
+#: Seconds ``close_all()`` waits, by default, for connects, resets and async releasers.
+CLOSE_TIMEOUT = 5.0
 
 #: A hook that may be a plain function or a coroutine function.
 Hook = Callable[[Any], Any]
@@ -145,6 +151,9 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._held: Dict[int, Any] = {}
         self._connecting: Set[asyncio.Task[ConnRecord]] = set()
         self._background: Set[asyncio.Task[Any]] = set()  # resets and async releasers
+        # Resets in progress and the connection each holds; close_all() takes over those
+        # it gives up on, and the reset, should it ever finish, then finds itself removed.
+        self._resetting: Dict[asyncio.Task[Any], ConnRecord] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
         self._stats = PoolStats()
@@ -235,8 +244,10 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._hand_over(record)
         else:
             task = self._spawn(self._reset_and_return(record, self._reset))
-            # Shielded: a cancelled caller still gets its connection reset and returned.
-            await asyncio.shield(task)
+            self._resetting[task] = record
+            # asyncio.wait, not await: a cancelled caller leaves the reset running, and a
+            # reset that close_all() cancels does not cancel the caller.
+            await asyncio.wait({task})
         self._close_idle_expired(now)
 
     @contextlib.asynccontextmanager
@@ -256,16 +267,19 @@ class AsyncConnectionPool(Generic[ConnT]):
                 if not self._closed:
                     raise  # a closed pool already closed the connection: nothing to return
 
-    async def close_all(self) -> None:
+    async def close_all(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent.
 
-        Waiters get ``PoolError("connection pool is closed")``; connects in progress are
-        cancelled; async releasers are awaited before returning.
+        Waiters get ``PoolError("connection pool is closed")``; connects and resets in
+        progress are cancelled; async releasers are awaited. The wait lasts ``timeout``
+        seconds at most: a reset that will not stop then has its connection closed, and
+        whatever still runs is left to finish in the background (logged).
         """
         if self._closed:
             return
         if self._loop is not None:
             self._check_loop()
+        deadline = time.monotonic() + timeout
         self._closed = True
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -276,12 +290,27 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._out.clear()
         for record in records:
             self._discard(record)
-        for task in list(self._connecting):
+        for task in list(self._connecting) + list(self._resetting):
             task.cancel()
-        # Repeat: a caller that wakes up to a closed pool may start one more async releaser.
-        while self._connecting or self._background:
-            pending = list(self._connecting) + list(self._background)
-            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            # Repeat: a caller that wakes up to a closed pool may start one more releaser.
+            while self._connecting or self._background:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(self._connecting | self._background, timeout=remaining)
+        finally:  # also when close_all() itself is cancelled
+            for record in self._resetting.values():  # resets that ignore their cancellation
+                self._discard(record)
+            self._resetting.clear()
+        unfinished = len(self._connecting | self._background)
+        if unfinished:
+            logger.warning(
+                "async pool closed after %.3g s with %d connect/reset/close task(s) still "
+                "running; they finish in the background",
+                timeout,
+                unfinished,
+            )
         logger.debug("async pool closed: %d connections closed", len(records))
 
     def get_stats(self) -> Dict[str, int]:
@@ -455,17 +484,22 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._hand_over(task.result())
 
     async def _reset_and_return(self, record: ConnRecord, reset: Hook) -> None:
+        failure: Optional[BaseException] = None
         try:
             await _call(reset, record.conn)
-        except Exception as error:
-            logger.warning("reset failed, connection discarded: %s", _describe(error))
-            self._stats.returns_bad += 1
-            self._discard(record)
+        except BaseException as error:  # CancelledError (close_all) included
+            failure = error
+        if self._resetting.pop(asyncio.current_task(), None) is None:
+            return  # close_all() gave up on this reset and closed the connection itself
+        if failure is None:
+            self._hand_over(record)
             return
-        except asyncio.CancelledError:
-            self._discard(record)
-            raise
-        self._hand_over(record)
+        if isinstance(failure, Exception):
+            logger.warning("reset failed, connection discarded: %s", _describe(failure))
+            self._stats.returns_bad += 1
+        self._discard(record)
+        if not isinstance(failure, Exception):
+            raise failure
 
     def _hand_over(self, record: ConnRecord) -> None:
         """A connection is free: give it to the oldest waiter, else make it idle."""

@@ -960,3 +960,100 @@ def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
         assert [conn.closes for conn in made] == [1, 1, 1]
 
     run(body)
+
+
+# -- issue 10 item 6: close_all() is bounded and cancellable ----------------------------------
+
+
+def test_close_all_does_not_wait_for_a_reset_that_never_finishes() -> None:
+    """The reset awaits an event nobody sets and the borrower's ``release()`` is cancelled:
+    ``close_all()`` cancels the reset, closes its connection and returns at once."""
+    factory = Factory()
+    never = asyncio.Event()
+
+    async def reset(conn: FakeConn) -> None:
+        await never.wait()
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=reset)
+        await pool.start()
+        conn = await pool.acquire()
+        releasing = asyncio.ensure_future(pool.release(conn))
+        await settle()
+        releasing.cancel()
+        await settle()
+        started = time.monotonic()
+        await asyncio.wait_for(pool.close_all(), 2)
+        assert time.monotonic() - started < 1
+        await settle()
+        assert conn.closed and pool.pool_size == 0
+
+    run(body)
+
+
+def test_close_all_gives_up_on_a_reset_that_ignores_cancellation() -> None:
+    """A reset that swallows its cancellation is waited for ``timeout`` seconds, then its
+    connection is closed; when the reset finally ends it changes nothing."""
+    factory = Factory()
+    finish = asyncio.Event()
+
+    async def stubborn_reset(conn: FakeConn) -> None:
+        while not finish.is_set():
+            try:
+                await finish.wait()
+            except asyncio.CancelledError:
+                continue
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=stubborn_reset)
+        await pool.start()
+        conn = await pool.acquire()
+        releasing = asyncio.ensure_future(pool.release(conn))
+        await settle()
+        started = time.monotonic()
+        await pool.close_all(timeout=0.2)
+        assert 0.15 <= time.monotonic() - started < 1.5
+        await settle()
+        assert conn.closed and pool.pool_size == 0
+        finish.set()
+        await asyncio.wait_for(releasing, 2)  # the borrower's release() ends quietly
+        assert pool.pool_size == 0 and pool.idle_count == 0
+
+    run(body)
+
+
+def test_async_with_pool_is_cancelled_out_with_one_cancel() -> None:
+    """Leaving ``async with pool`` waits in ``close_all()``; one ``cancel()`` ends the task
+    promptly, and the connection of the abandoned reset is closed all the same."""
+    factory = Factory()
+    finish = asyncio.Event()
+    closing = asyncio.Event()
+
+    async def stubborn_reset(conn: FakeConn) -> None:
+        closing.set()
+        while not finish.is_set():
+            try:
+                await finish.wait()
+            except asyncio.CancelledError:
+                continue
+
+    async def user() -> FakeConn:
+        async with AsyncConnectionPool(
+            factory, min_size=0, max_size=1, reset=stubborn_reset
+        ) as pool:
+            conn = await pool.acquire()
+            asyncio.ensure_future(pool.release(conn))
+            await closing.wait()
+        return conn  # pragma: no cover - the exit is cancelled
+
+    async def body() -> None:
+        task = asyncio.ensure_future(user())
+        await closing.wait()
+        await settle()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        finish.set()
+        assert done == {task} and task.cancelled()
+        assert all(conn.closed for conn in factory.made)
+
+    run(body)

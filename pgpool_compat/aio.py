@@ -43,6 +43,9 @@ from typing import (
     Union,
 )
 
+import psycopg2
+
+from .dsn import call_without_secrets, without_secrets
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
@@ -90,6 +93,17 @@ async def _call(hook: Hook, conn: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+async def _awaited_without_secrets(awaitable: Awaitable[Any]) -> Any:
+    """``await awaitable``, as ``dsn.call_without_secrets`` calls a function."""
+    try:
+        return await awaitable
+    except psycopg2.Error as error:
+        safe = without_secrets(error)
+        if safe is None:
+            raise
+    raise safe  # outside the except block: not even __context__ keeps the original
 
 
 def _describe(error: BaseException) -> str:
@@ -452,9 +466,10 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     async def _connect(self) -> ConnRecord:
         started = time.monotonic()
-        conn = self._factory()
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        conn = call_without_secrets(self._factory)
         if inspect.isawaitable(conn):
-            conn = await conn
+            conn = await _awaited_without_secrets(conn)
         if conn is None:
             raise PoolError(DUPLICATE_MESSAGE % "None instead of a connection")
         if id(conn) in self._held:  # a shared client would go to two borrowers: refused

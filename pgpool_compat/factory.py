@@ -11,6 +11,7 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, Tuple, TypeVar
 
+from .dsn import call_without_secrets
 from .errors import PoolError
 from .health import Driver
 from .lifecycle import (
@@ -53,7 +54,8 @@ class FactoryDriver(Driver[ConnT]):
         self._reset = reset
 
     def connect(self) -> ConnT:
-        return self._factory()
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        return call_without_secrets(self._factory)
 
     def return_state(self, conn: ConnT) -> Optional[bool]:
         # True makes the engine call reset() on every return, outside its lock.

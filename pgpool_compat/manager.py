@@ -34,6 +34,7 @@ import psycopg2
 from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
+from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id
 from .health import Psycopg2Driver
 from .lifecycle import count_setting
@@ -973,7 +974,7 @@ class PoolManager:
             if handle is not None:
                 return pool, handle
             try:
-                handle = psycopg2.connect(libpq_dsn(dsn))
+                handle = connect_without_secrets(libpq_dsn(dsn))
             except BaseException:
                 with cls._lock:
                     pool._reserved -= 1

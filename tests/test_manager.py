@@ -97,7 +97,7 @@ def test_pool_id_invalid_dsn_withholds_the_text() -> None:
     with pytest.raises(psycopg2.ProgrammingError) as caught:
         manager.pool_id("host=a password=hunter2 oops")
     assert "hunter2" not in str(caught.value) and "oops" not in str(caught.value)
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
 def test_libpq_dsn_translates_only_the_queries_scheme() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -169,3 +172,23 @@ class AllEqualConn:
 
 
 AWKWARD_CONNECTION_KINDS = (UnhashableConn, SlottedConn, AllEqualConn)
+
+
+# -- children that a test interrupts with SIGINT (Ctrl-C) -------------------------------------
+
+
+def popen_interruptible(args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen``, with SIGINT at its default in the child whatever the test run's
+    own disposition: a suite started as a background job (``cmd &``) ignores SIGINT, the
+    child would inherit that, and a test's simulated Ctrl-C would do nothing.
+
+    A signal the parent *handles* is reset to its default by exec, so the handler is set for
+    the moment of the fork (main thread only; no ``preexec_fn``, unsafe with threads).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.Popen(args, **kwargs)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -504,7 +504,8 @@ class AsyncConnectionPool(Generic[ConnT]):
             await _call(reset, record.conn)
         except BaseException as error:  # CancelledError (close_all) included
             failure = error
-        if self._resetting.pop(asyncio.current_task(), None) is None:
+        this_task = asyncio.current_task()
+        if this_task is None or self._resetting.pop(this_task, None) is None:
             return  # close_all() gave up on this reset and closed the connection itself
         if failure is None:
             self._hand_over(record)

@@ -106,9 +106,10 @@ def without_secrets(
 
 def _same_class(error: BaseException, message: str) -> BaseException:
     try:
-        return type(error)(message)
+        copy: BaseException = type(error)(message)
     except Exception:  # a class that cannot be built from a message alone
-        return ProgrammingError(message)
+        copy = ProgrammingError(message)
+    return copy
 
 
 def pool_id(dsn: str) -> str:

@@ -1028,6 +1028,7 @@ def test_async_with_pool_is_cancelled_out_with_one_cancel() -> None:
     factory = Factory()
     finish = asyncio.Event()
     closing = asyncio.Event()
+    releases: List[asyncio.Future[None]] = []
 
     async def stubborn_reset(conn: FakeConn) -> None:
         closing.set()
@@ -1042,7 +1043,7 @@ def test_async_with_pool_is_cancelled_out_with_one_cancel() -> None:
             factory, min_size=0, max_size=1, reset=stubborn_reset
         ) as pool:
             conn = await pool.acquire()
-            asyncio.ensure_future(pool.release(conn))
+            releases.append(asyncio.ensure_future(pool.release(conn)))
             await closing.wait()
         return conn  # pragma: no cover - the exit is cancelled
 

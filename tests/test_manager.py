@@ -549,9 +549,9 @@ def test_manager_connection_loose_arguments_name_the_argument(
     """Each bad argument is refused before anything happens (no pool created, no connect),
     with an error that names it; before, ``max_size=0`` gave ``PoolFullError`` on every
     call, ``"2"`` an anonymous ``TypeError`` and ``idle_ttl=-5`` was silently accepted."""
-    with pytest.raises(error, match=named):
-        with PoolManager.connection("host=127.0.0.1 port=1 password=s3cret", **kwargs):
-            pass  # pragma: no cover - never entered
+    dsn = "host=127.0.0.1 port=1 password=s3cret"
+    with pytest.raises(error, match=named), PoolManager.connection(dsn, **kwargs):
+        pass  # pragma: no cover - never entered
     assert registry == {}
 
 

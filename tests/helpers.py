@@ -173,6 +173,27 @@ class AllEqualConn:
 
 AWKWARD_CONNECTION_KINDS = (UnhashableConn, SlottedConn, AllEqualConn)
 
+#: Factory-pool settings that take every path a connection goes through (check, reset,
+#: lifetime record) for the awkward kinds above; three slots, no waiting.
+AWKWARD_POOL_OPTIONS: dict[str, Any] = {
+    "min_size": 1,
+    "max_size": 3,
+    "timeout": 0.2,
+    "check": lambda conn: True,
+    "reset": lambda conn: None,
+    "max_lifetime": 60,
+}
+
+
+def recording_factory(kind: type, made: list[Any]) -> Any:
+    """A factory of ``kind()`` objects that appends each to ``made``."""
+
+    def factory() -> Any:
+        made.append(kind())
+        return made[-1]
+
+    return factory
+
 
 # -- children that a test interrupts with SIGINT (Ctrl-C) -------------------------------------
 

@@ -20,7 +20,13 @@ import pytest
 from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
-from tests.helpers import AWKWARD_CONNECTION_KINDS, backend_pids, terminate_backends
+from tests.helpers import (
+    AWKWARD_CONNECTION_KINDS,
+    AWKWARD_POOL_OPTIONS,
+    backend_pids,
+    recording_factory,
+    terminate_backends,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -930,19 +936,9 @@ def test_factory_returning_the_same_object_twice_is_refused_and_frees_the_slot()
 def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
     made: List[Any] = []
 
-    def factory() -> Any:
-        made.append(kind())
-        return made[-1]
-
     async def body() -> None:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            factory,
-            min_size=1,
-            max_size=3,
-            timeout=0.2,
-            check=lambda conn: True,
-            reset=lambda conn: None,
-            max_lifetime=60,
+            recording_factory(kind, made), **AWKWARD_POOL_OPTIONS
         )
         async with pool:
             borrowed = [await pool.acquire() for _ in range(3)]
@@ -969,10 +965,9 @@ def test_close_all_does_not_wait_for_a_reset_that_never_finishes() -> None:
     """The reset awaits an event nobody sets and the borrower's ``release()`` is cancelled:
     ``close_all()`` cancels the reset, closes its connection and returns at once."""
     factory = Factory()
-    never = asyncio.Event()
 
     async def reset(conn: FakeConn) -> None:
-        await never.wait()
+        await asyncio.Event().wait()  # never set
 
     async def body() -> None:
         pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=reset)
@@ -991,21 +986,30 @@ def test_close_all_does_not_wait_for_a_reset_that_never_finishes() -> None:
     run(body)
 
 
+class StubbornReset:
+    """A reset that swallows every cancellation and ends only once ``finish`` is set."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def __call__(self, conn: FakeConn) -> None:
+        self.started.set()
+        while not self.finish.is_set():
+            try:
+                await self.finish.wait()
+            except asyncio.CancelledError:
+                continue
+
+
 def test_close_all_gives_up_on_a_reset_that_ignores_cancellation() -> None:
     """A reset that swallows its cancellation is waited for ``timeout`` seconds, then its
     connection is closed; when the reset finally ends it changes nothing."""
     factory = Factory()
-    finish = asyncio.Event()
-
-    async def stubborn_reset(conn: FakeConn) -> None:
-        while not finish.is_set():
-            try:
-                await finish.wait()
-            except asyncio.CancelledError:
-                continue
 
     async def body() -> None:
-        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=stubborn_reset)
+        reset = StubbornReset()  # its events belong to this loop (Python 3.9)
+        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=reset)
         await pool.start()
         conn = await pool.acquire()
         releasing = asyncio.ensure_future(pool.release(conn))
@@ -1015,7 +1019,7 @@ def test_close_all_gives_up_on_a_reset_that_ignores_cancellation() -> None:
         assert 0.15 <= time.monotonic() - started < 1.5
         await settle()
         assert conn.closed and pool.pool_size == 0
-        finish.set()
+        reset.finish.set()
         await asyncio.wait_for(releasing, 2)  # the borrower's release() ends quietly
         assert pool.pool_size == 0 and pool.idle_count == 0
 
@@ -1026,34 +1030,23 @@ def test_async_with_pool_is_cancelled_out_with_one_cancel() -> None:
     """Leaving ``async with pool`` waits in ``close_all()``; one ``cancel()`` ends the task
     promptly, and the connection of the abandoned reset is closed all the same."""
     factory = Factory()
-    finish = asyncio.Event()
-    closing = asyncio.Event()
     releases: List[asyncio.Future[None]] = []
 
-    async def stubborn_reset(conn: FakeConn) -> None:
-        closing.set()
-        while not finish.is_set():
-            try:
-                await finish.wait()
-            except asyncio.CancelledError:
-                continue
-
-    async def user() -> FakeConn:
-        async with AsyncConnectionPool(
-            factory, min_size=0, max_size=1, reset=stubborn_reset
-        ) as pool:
+    async def user(reset: StubbornReset) -> FakeConn:
+        async with AsyncConnectionPool(factory, min_size=0, max_size=1, reset=reset) as pool:
             conn = await pool.acquire()
             releases.append(asyncio.ensure_future(pool.release(conn)))
-            await closing.wait()
+            await reset.started.wait()
         return conn  # pragma: no cover - the exit is cancelled
 
     async def body() -> None:
-        task = asyncio.ensure_future(user())
-        await closing.wait()
+        reset = StubbornReset()  # its events belong to this loop (Python 3.9)
+        task = asyncio.ensure_future(user(reset))
+        await reset.started.wait()
         await settle()
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
-        finish.set()
+        reset.finish.set()
         assert done == {task} and task.cancelled()
         assert all(conn.closed for conn in factory.made)
 

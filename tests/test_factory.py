@@ -20,7 +20,13 @@ from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.factory import ConnectionPool, FactoryDriver
 from pgpool_compat.pool import ThreadedConnectionPool
 from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
-from tests.helpers import AWKWARD_CONNECTION_KINDS, backend_pids, terminate_backends
+from tests.helpers import (
+    AWKWARD_CONNECTION_KINDS,
+    AWKWARD_POOL_OPTIONS,
+    backend_pids,
+    recording_factory,
+    terminate_backends,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -555,19 +561,8 @@ def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
     distinct objects equal: each is handed out to one borrower, comes back, is reused and
     is closed exactly once."""
     made: List[Any] = []
-
-    def factory() -> Any:
-        made.append(kind())
-        return made[-1]
-
     pool: ConnectionPool[Any] = ConnectionPool(
-        factory,
-        min_size=1,
-        max_size=3,
-        timeout=0.2,
-        check=lambda conn: True,
-        reset=lambda conn: None,
-        max_lifetime=60,
+        recording_factory(kind, made), **AWKWARD_POOL_OPTIONS
     )
     borrowed = [pool.acquire() for _ in range(3)]
     assert len({id(conn) for conn in borrowed}) == 3

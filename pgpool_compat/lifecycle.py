@@ -122,14 +122,11 @@ def count_setting(name: str, value: Any, *, minimum: int) -> int:
 
 
 def size_settings(min_size: Any, max_size: Any) -> Tuple[int, int]:
-    """Validate the factory pools' ``min_size`` / ``max_size``."""
+    """Validate the factory pools' ``min_size`` / ``max_size`` (at least 1 and min_size)."""
     count_setting("min_size", min_size, minimum=0)
-    if isinstance(max_size, bool) or not isinstance(max_size, int):
-        raise TypeError(f"max_size must be an int, got {type(max_size).__name__}")
-    if max_size < 1 or max_size < min_size:
-        raise ValueError(
-            f"max_size must be at least 1 and at least min_size ({min_size}), got {max_size}"
-        )
+    count_setting("max_size", max_size, minimum=1)
+    if max_size < min_size:
+        raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
     return min_size, max_size
 
 

@@ -11,7 +11,10 @@ asyncio runs one task at a time, so the pool's books need no lock: every change 
 - A connection or slot handed to a waiter that was cancelled in the same instant is passed
   on, never dropped.
 - ``release()`` does its bookkeeping before its first ``await`` and runs an async ``reset``
-  in a shielded task, so a cancelled borrower still returns its connection.
+  in a task of its own, so a cancelled borrower still returns its connection.
+- ``close_all()`` is bounded: it cancels resets in progress, waits ``timeout`` seconds at
+  most for connects, resets and async releasers, and closes the connections of resets it
+  gives up on. Cancelling it stops the wait (the pool is closed already).
 - Waiters are served first come, first served: a returned connection, or a freed slot, goes
   straight to the oldest waiter, and a new request queues behind existing waiters.
 """
@@ -40,9 +43,14 @@ from typing import (
     Union,
 )
 
+import psycopg2
+
+from .dsn import call_without_secrets, without_secrets
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
+    DUPLICATE_MESSAGE,
+    FOREIGN_RELEASE_MESSAGE,
     callable_setting,
     default_releaser,
     exhausted_message,
@@ -52,6 +60,7 @@ from .lifecycle import (
     prefill_count,
     seconds_setting,
     size_settings,
+    timeout_limits,
 )
 from .records import ConnRecord
 from .stats import PoolStats
@@ -61,6 +70,9 @@ __all__ = ["AsyncConnectionPool"]
 logger = logging.getLogger("pgpool_compat")
 
 ConnT = TypeVar("ConnT")
+
+#: Seconds ``close_all()`` waits, by default, for connects, resets and async releasers.
+CLOSE_TIMEOUT = 5.0
 
 #: A hook that may be a plain function or a coroutine function.
 Hook = Callable[[Any], Any]
@@ -81,6 +93,17 @@ async def _call(hook: Hook, conn: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+async def _awaited_without_secrets(awaitable: Awaitable[Any]) -> Any:
+    """``await awaitable``, as ``dsn.call_without_secrets`` calls a function."""
+    try:
+        return await awaitable
+    except psycopg2.Error as error:
+        safe = without_secrets(error)
+        if safe is None:
+            raise
+    raise safe  # outside the except block: not even __context__ keeps the original
 
 
 def _describe(error: BaseException) -> str:
@@ -137,8 +160,14 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._waiters: Deque[asyncio.Future[Any]] = deque()  # oldest on the left
         # Slots in use: idle + borrowed + being opened, checked or reset. Never > max_size.
         self._size = 0
+        # Every connection the pool holds, by identity (never hashed: it may be unhashable);
+        # the strong reference keeps its id from being reused while it is held.
+        self._held: Dict[int, Any] = {}
         self._connecting: Set[asyncio.Task[ConnRecord]] = set()
         self._background: Set[asyncio.Task[Any]] = set()  # resets and async releasers
+        # Resets in progress and the connection each holds; close_all() takes over those
+        # it gives up on, and the reset, should it ever finish, then finds itself removed.
+        self._resetting: Dict[asyncio.Task[Any], ConnRecord] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
         self._stats = PoolStats()
@@ -219,7 +248,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         if record is None:
             if self._closed:
                 raise PoolError(CLOSED_MESSAGE)
-            raise PoolError("trying to release a connection this pool did not hand out")
+            raise PoolError(FOREIGN_RELEASE_MESSAGE)
         now = time.monotonic()
         self._stats.usage_ms += (now - record.checked_out_at) * 1000.0
         if record.expired(now):
@@ -229,8 +258,10 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._hand_over(record)
         else:
             task = self._spawn(self._reset_and_return(record, self._reset))
-            # Shielded: a cancelled caller still gets its connection reset and returned.
-            await asyncio.shield(task)
+            self._resetting[task] = record
+            # asyncio.wait, not await: a cancelled caller leaves the reset running, and a
+            # reset that close_all() cancels does not cancel the caller.
+            await asyncio.wait({task})
         self._close_idle_expired(now)
 
     @contextlib.asynccontextmanager
@@ -250,16 +281,19 @@ class AsyncConnectionPool(Generic[ConnT]):
                 if not self._closed:
                     raise  # a closed pool already closed the connection: nothing to return
 
-    async def close_all(self) -> None:
+    async def close_all(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent.
 
-        Waiters get ``PoolError("connection pool is closed")``; connects in progress are
-        cancelled; async releasers are awaited before returning.
+        Waiters get ``PoolError("connection pool is closed")``; connects and resets in
+        progress are cancelled; async releasers are awaited. The wait lasts ``timeout``
+        seconds at most: a reset that will not stop then has its connection closed, and
+        whatever still runs is left to finish in the background (logged).
         """
         if self._closed:
             return
         if self._loop is not None:
             self._check_loop()
+        deadline = time.monotonic() + timeout
         self._closed = True
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -270,12 +304,27 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._out.clear()
         for record in records:
             self._discard(record)
-        for task in list(self._connecting):
+        for task in list(self._connecting) + list(self._resetting):
             task.cancel()
-        # Repeat: a caller that wakes up to a closed pool may start one more async releaser.
-        while self._connecting or self._background:
-            pending = list(self._connecting) + list(self._background)
-            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            # Repeat: a caller that wakes up to a closed pool may start one more releaser.
+            while self._connecting or self._background:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(self._connecting | self._background, timeout=remaining)
+        finally:  # also when close_all() itself is cancelled
+            for record in self._resetting.values():  # resets that ignore their cancellation
+                self._discard(record)
+            self._resetting.clear()
+        unfinished = len(self._connecting | self._background)
+        if unfinished:
+            logger.warning(
+                "async pool closed after %.3g s with %d connect/reset/close task(s) still "
+                "running; they finish in the background",
+                timeout,
+                unfinished,
+            )
         logger.debug("async pool closed: %d connections closed", len(records))
 
     def get_stats(self) -> Dict[str, int]:
@@ -349,7 +398,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._abandon(waiter)
             waited = time.monotonic() - started
             logger.info("async pool: checkout timed out after %.3f s", waited)
-            limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
+            limits = timeout_limits(self._timeout, self._max_size)
             raise PoolTimeoutError(exhausted_message(waited, limits, len(self._waiters)))
         result: Union[ConnRecord, _SlotGrant] = waiter.result()
         return result
@@ -417,9 +466,15 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     async def _connect(self) -> ConnRecord:
         started = time.monotonic()
-        conn = self._factory()
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        conn = call_without_secrets(self._factory)
         if inspect.isawaitable(conn):
-            conn = await conn
+            conn = await _awaited_without_secrets(conn)
+        if conn is None:
+            raise PoolError(DUPLICATE_MESSAGE % "None instead of a connection")
+        if id(conn) in self._held:  # a shared client would go to two borrowers: refused
+            raise PoolError(DUPLICATE_MESSAGE % "an object this pool already holds")
+        self._held[id(conn)] = conn
         now = time.monotonic()
         self._stats.connections_num += 1
         self._stats.connections_ms += (now - started) * 1000.0
@@ -444,17 +499,23 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._hand_over(task.result())
 
     async def _reset_and_return(self, record: ConnRecord, reset: Hook) -> None:
+        failure: Optional[BaseException] = None
         try:
             await _call(reset, record.conn)
-        except Exception as error:
-            logger.warning("reset failed, connection discarded: %s", _describe(error))
-            self._stats.returns_bad += 1
-            self._discard(record)
+        except BaseException as error:  # CancelledError (close_all) included
+            failure = error
+        this_task = asyncio.current_task()
+        if this_task is None or self._resetting.pop(this_task, None) is None:
+            return  # close_all() gave up on this reset and closed the connection itself
+        if failure is None:
+            self._hand_over(record)
             return
-        except asyncio.CancelledError:
-            self._discard(record)
-            raise
-        self._hand_over(record)
+        if isinstance(failure, Exception):
+            logger.warning("reset failed, connection discarded: %s", _describe(failure))
+            self._stats.returns_bad += 1
+        self._discard(record)
+        if not isinstance(failure, Exception):
+            raise failure
 
     def _hand_over(self, record: ConnRecord) -> None:
         """A connection is free: give it to the oldest waiter, else make it idle."""
@@ -488,6 +549,7 @@ class AsyncConnectionPool(Generic[ConnT]):
 
     def _dispose(self, conn: ConnT) -> None:
         """Close a connection without raising; an async releaser runs in the background."""
+        self._held.pop(id(conn), None)
         try:
             closing = self._releaser(conn)
         except Exception as error:

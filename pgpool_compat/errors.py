@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from psycopg2.pool import PoolError
 
-__all__ = ["PoolError", "PoolTimeout", "PoolTimeoutError"]
+__all__ = ["PoolError", "PoolTimeout", "PoolTimeoutError", "WrongKeyError"]
 
 
 class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs
@@ -21,3 +21,14 @@ class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs
 
 #: The name the factory-based pools use; one class, two names.
 PoolTimeoutError = PoolTimeout
+
+
+class WrongKeyError(PoolError, KeyError):  # type: ignore[misc]
+    """``putconn(conn, key)`` with a key the connection was not checked out with.
+
+    Also a ``KeyError``, which is what psycopg2.pool raised, so code written against it
+    keeps catching it; the message is our own clear one (KeyError would quote it).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -11,9 +11,11 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, Tuple, TypeVar
 
+from .dsn import call_without_secrets
 from .errors import PoolError
 from .health import Driver
 from .lifecycle import (
+    FOREIGN_RELEASE_MESSAGE,
     MAX_SECONDS,
     callable_setting,
     default_releaser,
@@ -21,6 +23,7 @@ from .lifecycle import (
     prefill_count,
     seconds_setting,
     size_settings,
+    timeout_limits,
 )
 from .options import PoolOptions
 from .pool import ThreadedConnectionPool
@@ -51,7 +54,8 @@ class FactoryDriver(Driver[ConnT]):
         self._reset = reset
 
     def connect(self) -> ConnT:
-        return self._factory()
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        return call_without_secrets(self._factory)
 
     def return_state(self, conn: ConnT) -> Optional[bool]:
         # True makes the engine call reset() on every return, outside its lock.
@@ -85,6 +89,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
     # idle would churn connections); max_idle is what shrinks the pool.
     _keep_idle_up_to_maxconn = True
+    _unkeyed_message = FOREIGN_RELEASE_MESSAGE
 
     def __init__(
         self,
@@ -103,6 +108,7 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         # Validated here so errors name our keywords, not the engine's pool_* ones.
         min_size, max_size = size_settings(min_size, max_size)
         wait = seconds_setting("timeout", timeout, allow_zero=True)
+        self._timeout_setting = wait  # as given: None is "no bound", not the engine's year
         self._factory_driver: FactoryDriver[ConnT] = FactoryDriver(
             callable_setting("factory", factory, required=True),
             releaser=callable_setting("releaser", releaser),
@@ -122,6 +128,9 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions
     ) -> Driver[Any]:
         return self._factory_driver
+
+    def _timeout_limits(self) -> str:
+        return timeout_limits(self._timeout_setting, self.maxconn)
 
     @property
     def pool_size(self) -> int:

@@ -1,5 +1,6 @@
-"""The asyncio runner's own rules, beyond the parity scenarios: ``close_all()`` bounded and
-cancellable, loops bound at use, claims that late tasks cannot break.
+"""The asyncio runner's own rules, beyond the parity scenarios and test_aio.py: loops bound
+at use, claims that late tasks cannot break, fork, the observer. (``close_all()`` bounded and
+cancellable, issue 10 item 6, is in test_aio.py.)
 
 Fake connections drive the rules deterministically; every test runs its own
 ``asyncio.run`` under a wall-clock bound.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any, Dict, List
 
 import pytest
@@ -19,64 +19,6 @@ from pgpool_compat.errors import PoolError
 from tests.test_aio import Factory, FakeConn, run, settle
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def test_close_all_returns_at_once_when_a_reset_never_finishes() -> None:
-    """Issue 10 item 6: a reset awaiting an event never set; the release is cancelled;
-    close_all() cancels the reset and closes the connection instead of waiting for it."""
-    factory = Factory()
-    never = asyncio.Event()
-
-    async def reset(conn: FakeConn) -> None:
-        await never.wait()
-
-    async def body() -> None:
-        pool = AsyncConnectionPool(factory, min_size=1, max_size=1, reset=reset)
-        await pool.start()
-        conn = await pool.acquire()
-        releasing = asyncio.ensure_future(pool.release(conn))
-        await settle()
-        releasing.cancel()
-        await asyncio.gather(releasing, return_exceptions=True)
-        started = time.monotonic()
-        await asyncio.wait_for(pool.close_all(), 2)
-        assert time.monotonic() - started < 1.0
-        await settle()
-        assert conn.closed, "the connection whose reset was abandoned is closed"
-        assert pool.closed and pool.pool_size == 0
-
-    run(body)
-
-
-def test_close_all_can_be_cancelled_and_still_closes_what_it_abandons() -> None:
-    factory = Factory()
-    never = asyncio.Event()
-
-    async def reset(conn: FakeConn) -> None:
-        try:
-            await never.wait()
-        except asyncio.CancelledError:
-            await never.wait()  # a badly behaved hook that ignores the first cancel
-
-    async def body() -> None:
-        pool = AsyncConnectionPool(
-            factory, min_size=1, max_size=1, reset=reset, check_timeout=0.5
-        )
-        await pool.start()
-        conn = await pool.acquire()
-        releasing = asyncio.ensure_future(pool.release(conn))
-        await settle()
-        closing = asyncio.ensure_future(pool.close_all())
-        await settle()
-        closing.cancel()  # one cancel gets the caller out at once
-        with pytest.raises(asyncio.CancelledError):
-            await closing
-        await settle()
-        assert pool.closed and conn.closed, "what close_all() abandoned is closed"
-        releasing.cancel()
-        await asyncio.gather(releasing, return_exceptions=True)
-
-    run(body)
 
 
 def test_two_loops_at_once_is_a_clear_error_and_changes_nothing() -> None:

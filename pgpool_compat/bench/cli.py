@@ -153,9 +153,12 @@ def _shown_command(argv: Sequence[str]) -> str:
 
 
 def describe_machine(
-    argv: Sequence[str], server_version: str, throwaway: bool, quick: bool
+    argv: Sequence[str], server_version: str, server: str, quick: bool
 ) -> Dict[str, Any]:
-    """What ran where, for the table header and the JSON ``machine`` object (no DSN)."""
+    """What ran where, for the table header and the JSON ``machine`` object (no DSN).
+
+    ``server``: ``"--dsn"`` or where the throwaway server's binaries came from.
+    """
     libpq = extensions.libpq_version()
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -168,7 +171,7 @@ def describe_machine(
         "psycopg2": psycopg2.__version__.split()[0],
         "libpq": f"{libpq // 10000}.{libpq % 10000}",
         "postgresql": server_version,
-        "server": "throwaway, 127.0.0.1 (pgpool_compat.testing)" if throwaway else "--dsn",
+        "server": server,
         "mode": "quick" if quick else "full",
         "production_options": dict(PRODUCTION_OPTIONS),
     }
@@ -220,7 +223,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             sys.stderr.write(f"bench: no server to run against: {first_line}\n")
             return 1
-        machine = describe_machine(argv, version, server is not None, args.quick)
+        where = "--dsn" if server is None else f"throwaway, {server.binaries.origin}"
+        machine = describe_machine(argv, version, where, args.quick)
         scenarios = make_scenarios(
             args.chosen, settings, None if server is None else server.restart
         )

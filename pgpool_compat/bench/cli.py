@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short run (under 30 s on 2 cores): fewer, shorter rounds",
+        help="short run (about 30 s on 2 cores): shorter rounds; a ratio its rounds do not "
+        "agree on shows as 'noisy'",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a PNG chart (matplotlib)")
@@ -185,7 +186,8 @@ def _header(machine: Dict[str, Any]) -> List[str]:
         f" {machine.get('load_avg_at_end', '?')} at end",
         f"python {machine['python']}, psycopg2 {machine['psycopg2']}, libpq {machine['libpq']}, "
         f"PostgreSQL {machine['postgresql']} ({machine['server']})",
-        "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's",
+        "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's in the"
+        " same round (median over rounds; 'noisy' where the rounds disagree)",
     ]
 
 

@@ -186,8 +186,10 @@ def _header(machine: Dict[str, Any]) -> List[str]:
         f" {machine.get('load_avg_at_end', '?')} at end",
         f"python {machine['python']}, psycopg2 {machine['psycopg2']}, libpq {machine['libpq']}, "
         f"PostgreSQL {machine['postgresql']} ({machine['server']})",
-        "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's in the"
-        " same round (median over rounds; 'noisy' where the rounds disagree)",
+        "pools interleaved, fresh pools each round; medians over rounds, but ops/s pooled over"
+        " rounds (the faster quartile of turns in overhead and query)",
+        "vs stock = ops/s over psycopg2.pool's, shown when its 90% confidence interval is"
+        " within 10%, else 'noisy'",
     ]
 
 

@@ -145,7 +145,8 @@ def run_bench(
         failures: Dict[str, str] = {}
         while len(rounds) < settings.max_rounds:
             if len(rounds) >= settings.rounds:
-                if all(not row.noisy for row in _rows(scenario, pools, rounds, specs)):
+                unsettled = any(row.noisy for row in _rows(scenario, pools, rounds, specs))
+                if not (unsettled and scenario.more_rounds_help):
                     break
                 progress.extend(len(pools))
             measured = Round()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .adapters import BenchPool, run_select_one
+from .ratios import MIN_ROUNDS
 
 __all__ = [
     "SCENARIO_NAMES",
@@ -66,9 +67,10 @@ RESTART_SAMPLE_LIMIT_S = 20.0
 class Settings:
     """Sizes of every scenario; ``quick`` and ``full`` are the two presets.
 
-    ``rounds`` is the minimum number of rounds: five, the fewest whose spread bounds a median
-    with 90% confidence. While some ratio's rounds still disagree, more run, up to
-    ``max_rounds``; a ratio still unsettled then is reported as noisy (:mod:`.ratios`).
+    ``rounds`` is the minimum number of rounds: five, the fewest that bound a ratio
+    (:data:`.ratios.MIN_ROUNDS`). While some ratio is still too uncertain, more run, up to
+    ``max_rounds`` (in the scenarios where more rounds help); a ratio still unsettled then is
+    reported as noisy (:mod:`.ratios`).
     """
 
     rounds: int
@@ -88,7 +90,7 @@ class Settings:
     @classmethod
     def full(cls, threads: Optional[int] = None) -> Settings:
         return cls(
-            rounds=5,
+            rounds=MIN_ROUNDS,
             max_rounds=11,
             overhead_ops=20_000,
             query_seconds=0.6,
@@ -104,7 +106,7 @@ class Settings:
     @classmethod
     def quick(cls, threads: Optional[int] = None) -> Settings:
         return cls(
-            rounds=5,
+            rounds=MIN_ROUNDS,
             max_rounds=9,
             overhead_ops=4_000,
             query_seconds=0.1,
@@ -167,6 +169,8 @@ class Scenario:
     maxconn = 4
     #: The quantile of the rates over rounds (or turns) that the table shows as ops/s.
     rate_quantile = 0.5
+    #: Whether rounds beyond the minimum may settle a noisy ratio (see :class:`Settings`).
+    more_rounds_help = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -413,6 +417,8 @@ class Churn(Scenario):
     name = "churn"
     minconn = 1
     maxconn = 16
+    # Its ops/s hangs on how long connecting takes on the machine at that moment.
+    more_rounds_help = False
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -470,6 +476,8 @@ class Restart(GroupScenario):
     description = "server restarted while pools are idle; then 1 thread resumes"
     minconn = 4
     maxconn = 4
+    # Its ops/s hangs on how soon the restarted server answers, not on the pool.
+    more_rounds_help = False
 
     def __init__(self, settings: Settings, restart_server: Callable[[], None]) -> None:
         super().__init__(settings)

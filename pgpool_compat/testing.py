@@ -303,7 +303,7 @@ class PostgresServer:
         self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self._binaries = find_server_binaries()
         self._os_user = _OsUser()
-        self._bin, self._version = _runnable_binaries(self._binaries.bin_dir, self._os_user)
+        self._bin, self._version = _runnable_binaries(self._binaries, self._os_user)
         self._lock = threading.RLock()
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._started = False  # until the first successful start, a taken port may change
@@ -526,25 +526,36 @@ class PostgresServer:
             return "(no server log)"
 
 
-def _runnable_binaries(bin_dir: Path, os_user: _OsUser) -> tuple[Path, str]:
-    """A binary directory ``os_user`` can run, and its version: ``bin_dir`` itself, or (root's
-    stand-in locked out, say of a virtualenv under /root) a copy of its installation."""
+def _runnable_binaries(binaries: ServerBinaries, os_user: _OsUser) -> tuple[Path, str]:
+    """A binary directory ``os_user`` can run, and its version: the one found, or (root's
+    stand-in locked out of the embedded server, say in a virtualenv under /root) a copy."""
+    bin_dir = binaries.bin_dir
     version = os_user.postgres_version(bin_dir)
-    if version is None and os_user.uid is not None:
+    if version is None and binaries.embedded and os_user.uid is not None:
         key = (bin_dir, os_user.name)
         with _templates_lock:
             copy = _copies.get(key)
             if copy is None or not copy.exists():
-                copy = _make_base("pgpool_compat-pginstall-")
-                # bin/ with its lib/ and share/ beside it: the bundled installation is relocatable.
-                shutil.copytree(bin_dir.parent, copy / "install", symlinks=True)
-                copy.chmod(0o755)
+                copy = _copy_embedded(bin_dir)
                 _copies[key] = copy
-        bin_dir = copy / "install" / bin_dir.name
+        bin_dir = copy / bin_dir.relative_to(bin_dir.parents[2])
         version = os_user.postgres_version(bin_dir)
     if version is None:
         raise RuntimeError(f"OS user {os_user.name} cannot run {bin_dir / 'postgres'}")
     return bin_dir, version
+
+
+def _copy_embedded(bin_dir: Path) -> Path:
+    """Copy pgserver's installation, and the libraries its binaries find relative to
+    themselves (``$ORIGIN/../../../pgserver.libs``), to a new directory anyone can read."""
+    site = bin_dir.parents[2]
+    copy = _make_base("pgpool_compat-pginstall-")
+    copy.chmod(0o755)
+    shutil.copytree(bin_dir.parent, copy / bin_dir.parent.relative_to(site), symlinks=True)
+    libs = site / f"{EMBEDDED_PACKAGE}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name, symlinks=True)
+    return copy
 
 
 # Each directory we create names its owner (pid in a pid namespace), so a later process can

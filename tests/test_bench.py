@@ -405,6 +405,43 @@ def test_quick_run_with_throwaway_server(tmp_path: Path) -> None:
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bare_machine_runs_on_the_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No local server binaries: the bench starts pgserver's PostgreSQL and says so."""
+    from pgpool_compat import testing as harness
+
+    if harness._embedded_bin_dir() is None:
+        pytest.skip("no pgserver wheel installed (none is published for this platform)")
+    monkeypatch.setattr(harness, "_local_bin_dir", lambda: None)
+    target = tmp_path / "bare.json"
+    assert cli.main(["--quick", "--scenario", "overhead", "--json", str(target)]) == 0
+    started = [line for line in capsys.readouterr().err.splitlines() if "started" in line]
+    assert len(started) == 1
+    assert re.match(
+        r"bench: started PostgreSQL 1\d\.\d+ \(throwaway server\) from embedded \(pgserver wheel ",
+        started[0],
+    ), started
+    machine = json.loads(target.read_text())["machine"]
+    assert machine["server"].startswith("throwaway, embedded (pgserver wheel ")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_lost_in_a_finalizer_still_stops_the_bench() -> None:
+    """Python drops an exception raised inside ``__del__``, KeyboardInterrupt included; the
+    pools' finalizers run all through the bench, so the next step raises it again."""
+    progress = Progress(5, io.StringIO())
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt), cli._ctrl_c_noted(progress):
+        Finalized()  # collected at once: the Ctrl-C lands in its __del__ and is dropped
+        progress.step("the next pool")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_ctrl_c_removes_the_throwaway_server() -> None:
     process = _bench_process("--quick", "--scenario", "contention", "churn")
     assert process.stderr is not None

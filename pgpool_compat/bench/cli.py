@@ -8,14 +8,18 @@ connections there and never restarts anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from types import FrameType
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
 
 import psycopg2
 from psycopg2 import extensions
@@ -201,6 +205,24 @@ def _quiet_pool_logs(verbose: bool) -> None:
         logging.getLogger(name).addHandler(logging.NullHandler())
 
 
+@contextlib.contextmanager
+def _ctrl_c_noted(progress: Progress) -> Iterator[None]:
+    """While measuring, a Ctrl-C also marks ``progress`` interrupted (see there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
+        progress.interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) -> int:
     """Run the bench; return the process exit status (130 after Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -232,7 +254,9 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
         scenarios = make_scenarios(
             args.chosen, settings, None if server is None else server.restart
         )
-        outcome = run_bench(dsn, scenarios, specs, progress=Progress(total_steps(scenarios, specs)))
+        progress = Progress(total_steps(scenarios, specs))
+        with _ctrl_c_noted(progress):
+            outcome = run_bench(dsn, scenarios, specs, progress=progress)
     except KeyboardInterrupt:
         sys.stderr.write("\nbench: interrupted\n")
         return 130

@@ -61,9 +61,15 @@ class Progress:
         self.total = max(1, total)
         self.done = 0
         self.enabled = self.stream.isatty()
+        #: Set by a Ctrl-C handler: the next step raises KeyboardInterrupt again, in case the
+        #: first one was lost (Python drops exceptions raised inside ``__del__`` methods, and
+        #: the pools' finalizers run all through the bench).
+        self.interrupted = False
 
     def step(self, text: str) -> None:
         """Show that the ``done + 1``-th step, described by ``text``, is starting."""
+        if self.interrupted:
+            raise KeyboardInterrupt
         self.done += 1
         if not self.enabled:
             return

@@ -35,7 +35,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,6 +44,8 @@ from types import FrameType, TracebackType
 from typing import Any, Optional
 
 import psycopg2
+
+from ._commands import pip_install
 
 __all__ = [
     "PostgresNotFound",
@@ -86,11 +87,10 @@ EMBEDDED_PACKAGE = "pgserver"
 
 
 def _install_hint() -> str:
-    # Names this interpreter, so the advice installs into the environment that runs us.
     return (
         "no PostgreSQL server binaries found (initdb/postgres) and no embedded one: "
-        f"{sys.executable} -m pip install {EMBEDDED_PACKAGE} (or Debian/Ubuntu: apt-get "
-        f"install postgresql), or set {DSN_ENV} to an existing server"
+        f"{pip_install(EMBEDDED_PACKAGE)} (or Debian/Ubuntu: apt-get install postgresql), "
+        f"or set {DSN_ENV} to an existing server"
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 import pytest
 
 from pgpool_compat.__main__ import main as package_main
+from pgpool_compat._commands import shown_python
 from pgpool_compat.bench import cli
 from pgpool_compat.bench.adapters import PoolSpec, available_pools
 from pgpool_compat.bench.ratios import MIN_ROUNDS, pooled_rate, rate_ratio
@@ -122,7 +123,7 @@ def test_plot_without_matplotlib_says_what_to_install(
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--plot", "chart.png"])
     assert exit_info.value.code == 2
-    assert "pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
+    assert f"{shown_python()} -m pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
 
 
 def test_output_files_in_missing_directories_fail_before_running(
@@ -154,6 +155,19 @@ def test_missing_pool_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch) -
     assert any("dbutils is not installed" in note and "[bench]" in note for note in notes)
     labels = [spec.label for spec in specs]
     assert all(re.search(r"\d+\.\d+", label) for label in labels)  # each named with a version
+
+
+def test_commands_shown_name_this_interpreter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bare `python` is often missing (Debian) or another environment's."""
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    monkeypatch.chdir(tmp_path)
+    assert shown_python() == os.path.join(".venv", "bin", "python")
+    monkeypatch.chdir("/")
+    assert shown_python() == str(venv_python)
+    assert cli.build_parser().prog == f"{venv_python} -m pgpool_compat bench"
 
 
 def test_package_main_dispatches_only_bench(capsys: pytest.CaptureFixture[str]) -> None:

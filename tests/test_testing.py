@@ -20,6 +20,7 @@ import pytest
 from helpers import backend_count, backend_pids, terminate_backends, wait_backend_count
 
 from pgpool_compat import testing as harness
+from pgpool_compat._commands import shown_python
 from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
 
 pytestmark = pytest.mark.timeout(90)
@@ -232,7 +233,8 @@ def test_missing_binaries_give_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
     message = str(info.value)
     assert "\n" not in message
     assert "apt-get install postgresql" in message
-    assert f"{sys.executable} -m pip install pgserver" in message  # this very interpreter
+    # Into this very interpreter's environment: a bare `pip` may be another one's.
+    assert f"{shown_python()} -m pip install pgserver" in message
     assert "PGPOOL_TEST_DSN" in message
 
 

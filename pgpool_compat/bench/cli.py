@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
 import psycopg2
 from psycopg2 import extensions
 
+from .._commands import shown_python
 from .adapters import PRODUCTION_OPTIONS, available_pools
 from .report import PLOT_MISSING, format_table, plot_available, to_json, write_plot
 from .runner import Progress, run_bench, total_steps
@@ -48,7 +49,7 @@ def _thread_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pgpool_compat bench",
+        prog=f"{shown_python()} -m pgpool_compat bench",
         description=(
             "Compare psycopg2.pool, pgpool_compat and the other installed pools side by side. "
             "Without --dsn a throwaway PostgreSQL is started and removed afterwards."

@@ -6,12 +6,13 @@ import importlib.util
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._commands import pip_install
 from .ratios import CONFIDENCE, TOLERANCE
 from .runner import Outcome, Row
 
 __all__ = ["PLOT_MISSING", "format_table", "plot_available", "to_json", "write_plot"]
 
-PLOT_MISSING = "--plot needs matplotlib: pip install 'pgpool_compat[plot]'"
+PLOT_MISSING = f"--plot needs matplotlib: {pip_install(repr('pgpool_compat[plot]'))}"
 
 Formatter = Callable[[float], str]
 

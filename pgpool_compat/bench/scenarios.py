@@ -107,10 +107,10 @@ class Settings:
     def quick(cls, threads: Optional[int] = None) -> Settings:
         return cls(
             rounds=MIN_ROUNDS,
-            max_rounds=9,
+            max_rounds=7,
             overhead_ops=4_000,
             query_seconds=0.1,
-            contention_seconds=0.25,
+            contention_seconds=0.2,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
             churn_bursts=2,

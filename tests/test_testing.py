@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from helpers import (
 )
 
 from pgpool_compat import testing as harness
+from pgpool_compat._commands import shown_python
 from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
 
 pytestmark = pytest.mark.timeout(90)
@@ -249,7 +251,67 @@ def test_missing_binaries_give_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
     message = str(info.value)
     assert "\n" not in message
     assert "apt-get install postgresql" in message
+    # Into this very interpreter's environment: a bare `pip` may be another one's.
+    assert f"{shown_python()} -m pip install pgserver" in message
     assert "PGPOOL_TEST_DSN" in message
+
+
+def _fake_bin_dir(directory: Path) -> Path:
+    for name in ("postgres", "initdb"):
+        (directory / name).write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 99.9'\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def _needs_embedded() -> Path:
+    """The pgserver wheel's binaries (the bench extra installs them where a wheel exists)."""
+    bundled = harness._embedded_bin_dir()
+    if bundled is None:
+        pytest.skip("no pgserver wheel installed (none is published for this platform)")
+    return bundled
+
+
+def test_local_binaries_are_preferred_to_the_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_embedded()  # both are there: the choice is real
+    local = _fake_bin_dir(tmp_path)
+    monkeypatch.setenv("PATH", str(local))
+    found = harness.find_server_binaries()
+    assert found == harness.ServerBinaries(local, embedded=False)
+    assert found.origin == "local binaries"
+
+
+def test_embedded_server_when_there_are_no_local_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = _needs_embedded()
+    monkeypatch.setattr(harness, "_local_bin_dir", lambda: None)
+    with PostgresServer(name="pgpool_compat-embedded") as server:
+        assert server.binaries == harness.ServerBinaries(bundled, embedded=True)
+        assert server.binaries.origin.startswith("embedded (pgserver wheel ")
+        assert "from embedded (pgserver wheel" in server.description
+        assert str(query(server.dsn, "SHOW server_version")).split()[0] == server.server_version
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
+        assert int(uid) != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_root_runs_a_copy_of_binaries_its_stand_in_cannot_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtualenv under /root: the server's OS user cannot even enter the directory."""
+    bundled = _needs_embedded()
+    site = tmp_path / "locked" / "site-packages"
+    site.mkdir(parents=True)
+    (tmp_path / "locked").chmod(0o700)
+    for part in (bundled.parent.relative_to(bundled.parents[2]), Path("pgserver.libs")):
+        shutil.copytree(bundled.parents[2] / part, site / part, symlinks=True)
+    unreachable = harness.ServerBinaries(site / "pgserver" / "pginstall" / "bin", embedded=True)
+    monkeypatch.setattr(harness, "find_server_binaries", lambda: unreachable)
+    with PostgresServer(name="pgpool_compat-locked") as server:
+        assert query(server.dsn, "SELECT 1") == 1
+        assert "pgpool_compat-pginstall-" in server.description  # the copy runs
+        assert server.binaries == unreachable
 
 
 def test_shared_fixtures(pg_server: Any, pg_dsn: str, admin_conn: Any) -> None:

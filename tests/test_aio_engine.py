@@ -9,6 +9,7 @@ Fake connections drive the rules deterministically; every test runs its own
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from typing import Any, Dict, List
 
@@ -178,3 +179,73 @@ def test_the_observer_hears_every_connect_checkout_and_borrow() -> None:
 
     run(body)
     assert heard == ["created", "waited", "used", "waited", "used"]
+
+
+def test_keyed_stress_with_cancellations_keeps_caps_and_books() -> None:
+    """The asyncio runner with per-key sub-pools (generic-connection-pool's endpoints): 24
+    tasks x 60 checkouts over 3 keys, max 2 per key and 4 in all, connects and resets that
+    take a loop turn, random cancellations, discards and short timeouts. Nobody holds what
+    another holds, the caps hold at every step, and the books add up at the end."""
+    from pgpool_compat.driver_async import AsyncFactoryDriver
+    from pgpool_compat.engine.asyncio import AsyncRunner
+    from pgpool_compat.errors import PoolTimeout
+    from pgpool_compat.settings import Settings
+
+    made: List[FakeConn] = []
+
+    async def connect() -> FakeConn:
+        await asyncio.sleep(0)
+        made.append(FakeConn(len(made)))
+        return made[-1]
+
+    async def reset(conn: FakeConn) -> None:
+        await asyncio.sleep(0)
+
+    settings = Settings(max_size=2, total_max_size=4, timeout=0.02, check_timeout=1.0)
+    runner: AsyncRunner[FakeConn] = AsyncRunner(settings, AsyncFactoryDriver(connect, reset=reset))
+    holders: Dict[int, int] = {}
+    problems: List[str] = []
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for n in range(60):
+            key = ("a", "b", "c")[(seed + n) % 3]
+            try:
+                conn = await runner.acquire(key)
+            except PoolTimeout:
+                continue
+            if id(conn) in holders:
+                problems.append("one object lent twice")
+            holders[id(conn)] = seed
+            if runner.core.size > 4 or runner.core.subpools[key].size > 2:
+                problems.append("a cap was exceeded")
+            await asyncio.sleep(0)
+            del holders[id(conn)]
+            await runner.release(conn, discard=rng.random() < 0.1)
+
+    async def body() -> None:
+        rng = random.Random(7)
+        tasks = [asyncio.ensure_future(worker(seed)) for seed in range(24)]
+        for _ in range(40):  # cancel some workers at random points
+            await asyncio.sleep(rng.random() * 0.01)
+            victim = rng.choice(tasks)
+            victim.cancel()
+        await asyncio.wait(tasks, timeout=20)
+        assert all(task.done() for task in tasks), "a worker is stuck"
+        await settle(50)  # connects and resets orphaned by cancellations land
+        assert problems == []
+        assert runner.stats()["requests_queued"] > 0, "the caps made callers wait"
+        figures = runner.figures()
+        assert figures.used == len(holders)  # borrowers cancelled mid-use still hold theirs
+        for conn in [e.conn for e in list(runner.core.out.values())]:
+            await runner.release(conn)
+        await settle(50)
+        figures = runner.figures()
+        assert figures.used == 0 and figures.pending == 0
+        assert figures.size == figures.idle <= 4
+        assert figures.size == len([conn for conn in made if not conn.closed])
+        await runner.close()
+        await settle(50)
+        assert all(conn.closed for conn in made)
+
+    run(body, bound=25)

@@ -278,6 +278,20 @@ class AsyncConnectionPool(Generic[ConnT]):
             await asyncio.gather(*pending, return_exceptions=True)
         logger.debug("async pool closed: %d connections closed", len(records))
 
+    async def close_idle(self) -> int:
+        """Close the idle connections now and return how many; the pool stays open.
+
+        Borrowed connections are untouched. Async releasers are awaited before returning.
+        """
+        if self._closed:
+            return 0
+        closed = len(self._idle)
+        while self._idle:
+            self._discard(self._idle.popleft())
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        return closed
+
     def get_stats(self) -> Dict[str, int]:
         """Gauges and counters with the sync pools' (psycopg_pool's) key names."""
         return self._stats_dict(pop=False)

@@ -167,6 +167,22 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         ``max_size``). A connect error is raised; connections already opened stay."""
         self._refill(prefill_count(n, self.minconn))
 
+    def close_idle(self) -> int:
+        """Close the idle connections now and return how many; the pool stays open.
+
+        Borrowed connections are untouched and come back with ``release()`` as usual.
+        """
+        with self._engine_lock:
+            if self.closed:
+                return 0
+            idle = self._pool[:]
+            self._pool.clear()
+            for conn in idle:
+                self._doomed.append(self._forget(conn))
+                self._free_slot()
+        self._close_doomed()
+        return len(idle)
+
     def close_all(self) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent."""
         try:

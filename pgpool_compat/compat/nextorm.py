@@ -1,0 +1,141 @@
+"""Stands in for ``nextorm.pool``: change ``from nextorm.pool import ...`` to
+``from pgpool_compat.compat.nextorm import ...``.
+
+The names, keyword-only signatures and defaults are nextorm's. The engine underneath adds what
+nextorm leaves out: a release of an object the pool did not lend is refused (``PoolError``), a
+failed connect never loses its slot, and a negative ``timeout`` is refused at construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..aio import AsyncConnectionPool as _AsyncPool
+from ..errors import PoolTimeout
+from ..factory import ConnectionPool as _SyncPool
+from ..lifecycle import size_settings
+
+__all__ = ["AsyncConnectionPool", "ConnectionPool", "PoolTimeoutError"]
+
+
+class PoolTimeoutError(PoolTimeout):
+    """No connection became free within ``timeout`` seconds.
+
+    nextorm's name; also a ``pgpool_compat.PoolTimeout`` (and so a psycopg2 ``PoolError``).
+    """
+
+
+class ConnectionPool:
+    """Thread-safe pool of what ``factory()`` returns, nextorm's way.
+
+    Opens ``min_size`` connections at construction and never more than ``max_size``;
+    ``acquire()`` waits up to ``timeout`` seconds (``None``: no bound) for one, then raises
+    ``PoolTimeoutError``. Idle connections are handed out longest-idle first, as nextorm's
+    queue does. ``close_all()`` closes the idle connections and leaves the pool usable.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        min_size: int = 1,
+        max_size: int = 5,
+        timeout: float = 30.0,
+    ) -> None:
+        self._pool: _SyncPool[Any] = _SyncPool(
+            factory, min_size=min_size, max_size=max_size, timeout=timeout, lifo=False
+        )
+
+    def acquire(self) -> Any:
+        """Borrow a connection: an idle one, else a new one under ``max_size``, else wait."""
+        try:
+            return self._pool.acquire()
+        except PoolTimeout as error:
+            raise PoolTimeoutError(*error.args) from None
+
+    def release(self, conn: Any) -> None:
+        """Give a borrowed connection back."""
+        self._pool.release(conn)
+
+    def close_all(self) -> None:
+        """Close the idle connections (their ``close()``); borrowed ones are not affected."""
+        self._pool.close_idle()
+
+    @property
+    def pool_size(self) -> int:
+        """Connections open: idle and borrowed."""
+        return self._pool.pool_size
+
+    @property
+    def idle_count(self) -> int:
+        """Connections idle in the pool."""
+        return self._pool.idle_count
+
+    def __repr__(self) -> str:
+        return f"<nextorm-style {self._pool!r}>"
+
+
+class AsyncConnectionPool:
+    """asyncio pool of what ``await factory()`` returns, nextorm's way.
+
+    ``start()`` opens ``min_size`` connections; it is optional: the first ``acquire()`` binds
+    the pool to the running loop. Idle connections are handed out newest first.
+    ``close_all()`` closes the idle connections (awaiting their ``close()``) and leaves the pool
+    usable.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        min_size: int = 1,
+        max_size: int = 5,
+        timeout: float = 30.0,
+    ) -> None:
+        self._min_size, max_size = size_settings(min_size, max_size)
+        # min_size is opened by start() only, as nextorm does: the pool underneath has none.
+        self._pool: _AsyncPool[Any] = _AsyncPool(
+            factory, min_size=0, max_size=max_size, timeout=timeout
+        )
+        self._bound = False
+
+    async def start(self) -> None:
+        """Open connections until ``min_size`` are held (a second call opens no more)."""
+        await self._bind()
+        await self._pool.prefill(self._min_size)
+
+    async def acquire(self) -> Any:
+        """Borrow a connection, waiting up to ``timeout`` (``PoolTimeoutError``)."""
+        await self._bind()
+        try:
+            return await self._pool.acquire()
+        except PoolTimeout as error:
+            raise PoolTimeoutError(*error.args) from None
+
+    async def release(self, conn: Any) -> None:
+        """Give a borrowed connection back."""
+        await self._pool.release(conn)
+
+    async def close_all(self) -> None:
+        """Close the idle connections; borrowed ones are not affected."""
+        if self._bound:
+            await self._pool.close_idle()
+
+    @property
+    def pool_size(self) -> int:
+        """Connections open: idle, borrowed and being opened."""
+        return self._pool.pool_size
+
+    @property
+    def idle_count(self) -> int:
+        """Connections idle in the pool."""
+        return self._pool.idle_count
+
+    async def _bind(self) -> None:
+        # The pool underneath serves the loop that started it; nextorm needs no start().
+        if not self._bound:
+            await self._pool.start()
+            self._bound = True
+
+    def __repr__(self) -> str:
+        return f"<nextorm-style {self._pool!r}>"

@@ -1,0 +1,2 @@
+"""Scenarios run on ``generic_connection_pool`` and on
+``pgpool_compat.compat.generic_connection_pool``."""

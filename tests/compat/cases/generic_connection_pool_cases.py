@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-
 import socket
 import tempfile
 import threading

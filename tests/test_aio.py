@@ -106,11 +106,19 @@ def test_start_prefills_and_async_with_closes_everything() -> None:
     run(body)
 
 
-def test_use_before_start_fails_clearly() -> None:
+#: Made at module level, outside any event loop, as applications do.
+MODULE_LEVEL_FACTORY = Factory()
+MODULE_LEVEL_POOL: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(
+    MODULE_LEVEL_FACTORY, min_size=1, max_size=1
+)
+
+
+def test_a_pool_made_outside_a_loop_works_in_the_loop_that_uses_it_without_start() -> None:
     async def body() -> None:
-        pool = AsyncConnectionPool(Factory())
-        with pytest.raises(PoolError, match="not started"):
-            await pool.acquire()
+        async with MODULE_LEVEL_POOL.connection() as conn:
+            assert conn is MODULE_LEVEL_FACTORY.made[0]
+        assert MODULE_LEVEL_POOL.idle_count == 1
+        await MODULE_LEVEL_POOL.close_all()
 
     run(body)
 
@@ -155,9 +163,9 @@ def test_release_of_a_foreign_or_returned_connection_is_refused() -> None:
         async with AsyncConnectionPool(Factory(), min_size=0, max_size=2) as pool:
             conn = await pool.acquire()
             await pool.release(conn)
-            with pytest.raises(PoolError, match="did not hand out"):
+            with pytest.raises(PoolError, match="not borrowed from this pool"):
                 await pool.release(conn)
-            with pytest.raises(PoolError, match="did not hand out"):
+            with pytest.raises(PoolError, match="not borrowed from this pool"):
                 await pool.release(FakeConn(99))
             assert pool.idle_count == 1
 
@@ -582,20 +590,26 @@ def test_connection_block_exit_is_quiet_after_close_all() -> None:
 # -- event loops ----------------------------------------------------------------------------
 
 
-def test_a_pool_used_from_another_event_loop_fails_at_once() -> None:
-    pool: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(Factory(), min_size=1, max_size=1)
+def test_a_pool_moves_to_the_next_loop_once_its_loop_has_ended() -> None:
+    factory = Factory()
+    pool: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(factory, min_size=2, max_size=2)
 
     async def first_loop() -> FakeConn:
         await pool.start()
         return await pool.acquire()
 
-    held = run(first_loop)
+    held = run(first_loop)  # asyncio.run closes that loop: the pool moves to the next one
+    (idle_from_first_loop,) = [conn for conn in factory.made if conn is not held]
 
     async def second_loop() -> None:
-        with pytest.raises(PoolError, match="different event loop"):
-            await pool.acquire()
-        with pytest.raises(PoolError, match="different event loop"):
-            await pool.release(held)
+        await pool.release(held)  # borrowed in the first loop, returned in this one
+        await settle()
+        # The idle one was opened for the ended loop (asyncpg's would be bound to it).
+        assert idle_from_first_loop.closed and not held.closed
+        assert (pool.pool_size, pool.idle_count) == (1, 1)
+        async with pool.connection() as conn:
+            assert conn is held
+        await pool.close_all()
 
     run(second_loop, bound=2)
 
@@ -652,7 +666,8 @@ def test_lifetimes_are_jittered_by_at_most_ten_percent() -> None:
             Factory(), min_size=40, max_size=40, max_lifetime=100
         ) as pool:
             # White-box: the records' deadlines are what the jitter is about.
-            return [rec.expires_at - rec.created_at for rec in pool._idle]
+            idle = pool._runner.core.subpools[None].idle
+            return [entry.expires_at - entry.created_at for entry in idle]
 
     lifetimes = run(body)
     assert all(90.0 <= lifetime <= 100.0 for lifetime in lifetimes)

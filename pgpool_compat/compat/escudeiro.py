@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Generic, Optional, Type, TypeVar
 
-from ..aio import AsyncConnectionPool
+from ..driver_async import AsyncFactoryDriver
+from ..engine.asyncio import AsyncRunner
+from ..settings import Labels, Settings, check_callable
 
 __all__ = ["AsyncPool"]
 
@@ -28,7 +30,8 @@ class AsyncPool(Generic[T]):
     any other queue class the longest idle. ``pool_recycle`` seconds after it was made, a
     resource is released and replaced (0 or less: never), less up to 10% random jitter so a
     batch made together is not replaced together. ``acquire()`` waits as long as it takes; no
-    ``start()`` is needed, so a module-level pool works inside ``asyncio.run()``.
+    ``start()`` is needed: the pool serves the loop it is used in, so a module-level pool works
+    inside ``asyncio.run()``.
     """
 
     def __init__(
@@ -43,46 +46,43 @@ class AsyncPool(Generic[T]):
             raise ValueError(f"pool_size must be an int of at least 1, got {pool_size!r}")
         if not (isinstance(queue_class, type) and issubclass(queue_class, asyncio.Queue)):
             raise TypeError(f"queue_class must be an asyncio.Queue class, got {queue_class!r}")
-        recycle = pool_recycle if pool_recycle > 0 else None
-        self._pool: AsyncConnectionPool[T] = AsyncConnectionPool(
-            factory,
-            min_size=0,
+        if isinstance(pool_recycle, bool) or not isinstance(pool_recycle, (int, float)):
+            raise TypeError(f"pool_recycle must be a number of seconds, got {pool_recycle!r}")
+        settings = Settings(
             max_size=pool_size,
             timeout=None,
-            releaser=releaser,
-            max_lifetime=recycle,
+            max_lifetime=float(pool_recycle) if pool_recycle > 0 else None,
+            check=None,
             lifo=issubclass(queue_class, asyncio.LifoQueue),
+            labels=Labels(max_size="pool_size"),
         )
+        driver: AsyncFactoryDriver[T] = AsyncFactoryDriver(
+            check_callable("factory", factory, required=True),
+            releaser=check_callable("releaser", releaser, required=True),
+        )
+        self._runner: AsyncRunner[T] = AsyncRunner(settings, driver, kind="escudeiro.AsyncPool")
         self._pool_size = pool_size
-        self._bound = False
 
     async def acquire(self) -> T:
         """Borrow a resource: an idle one, else a new one under ``pool_size``, else wait."""
-        await self._bind()
-        return await self._pool.acquire()
+        resource: T = await self._runner.acquire()
+        return resource
 
     async def release(self, resource: T) -> None:
         """Give a borrowed resource back."""
-        await self._pool.release(resource)
+        await self._runner.release(resource)
 
     async def prefill(self, count: Optional[int] = None) -> None:
         """Make resources until ``count`` are idle (default and at most ``pool_size``), as far
         as free slots allow."""
-        await self._bind()
         wanted = min(count or self._pool_size, self._pool_size)
-        borrowed = self._pool.pool_size - self._pool.idle_count
-        await self._pool.prefill(min(borrowed + wanted, self._pool_size))
+        runner = self._runner
+        borrowed = runner.size - runner.idle_count
+        await runner.prefill(min(borrowed + wanted, self._pool_size))
 
     async def dispose(self) -> None:
         """Release every idle resource; borrowed ones come back later as usual."""
-        if self._bound:
-            await self._pool.close_idle()
-
-    async def _bind(self) -> None:
-        # The pool underneath serves the loop that started it; escudeiro needs no start().
-        if not self._bound:
-            await self._pool.start()
-            self._bound = True
+        await self._runner.close_idle()
 
     def __repr__(self) -> str:
-        return f"<escudeiro-style {self._pool!r}>"
+        return f"<escudeiro-style {self._runner!r}>"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Tuple
 
-from ..aio import AsyncConnectionPool as _AsyncPool
 from ..driver import FactoryDriver
+from ..driver_async import AsyncFactoryDriver
+from ..engine.asyncio import AsyncRunner
 from ..engine.threaded import ThreadedRunner
 from ..errors import PoolTimeout
 from ..settings import Settings, check_callable, check_seconds, check_size
@@ -104,10 +105,9 @@ class ConnectionPool:
 class AsyncConnectionPool:
     """asyncio pool of what ``await factory()`` returns, nextorm's way.
 
-    ``start()`` opens ``min_size`` connections; it is optional: the first ``acquire()`` binds
-    the pool to the running loop. Idle connections are handed out newest first.
-    ``close_all()`` closes the idle connections (awaiting their ``close()``) and leaves the pool
-    usable.
+    ``start()`` opens ``min_size`` connections; it is optional: the pool serves the loop it is
+    used in. Idle connections are handed out newest first. ``close_all()`` closes the idle
+    connections (awaiting their ``close()``) and leaves the pool usable.
     """
 
     def __init__(
@@ -118,50 +118,48 @@ class AsyncConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        self._min_size, max_size = _sizes(min_size, max_size)
-        # min_size is opened by start() only, as nextorm does: the pool underneath has none.
-        self._pool: _AsyncPool[Any] = _AsyncPool(
-            factory, min_size=0, max_size=max_size, timeout=timeout
+        min_size, max_size = _sizes(min_size, max_size)
+        settings = Settings(
+            min_size=min_size,
+            max_size=max_size,
+            timeout=check_seconds("timeout", timeout, allow_zero=True),
+            check=None,
         )
-        self._bound = False
+        driver: AsyncFactoryDriver[Any] = AsyncFactoryDriver(
+            check_callable("factory", factory, required=True)
+        )
+        self._runner: AsyncRunner[Any] = AsyncRunner(
+            settings, driver, kind="nextorm.AsyncConnectionPool"
+        )
 
     async def start(self) -> None:
         """Open connections until ``min_size`` are held (a second call opens no more)."""
-        await self._bind()
-        await self._pool.prefill(self._min_size)
+        await self._runner.prefill()
 
     async def acquire(self) -> Any:
         """Borrow a connection, waiting up to ``timeout`` (``PoolTimeoutError``)."""
-        await self._bind()
         try:
-            return await self._pool.acquire()
+            return await self._runner.acquire()
         except PoolTimeout as error:
             raise PoolTimeoutError(*error.args) from None
 
     async def release(self, conn: Any) -> None:
         """Give a borrowed connection back."""
-        await self._pool.release(conn)
+        await self._runner.release(conn)
 
     async def close_all(self) -> None:
         """Close the idle connections; borrowed ones are not affected."""
-        if self._bound:
-            await self._pool.close_idle()
+        await self._runner.close_idle()
 
     @property
     def pool_size(self) -> int:
         """Connections open: idle, borrowed and being opened."""
-        return self._pool.pool_size
+        return self._runner.size
 
     @property
     def idle_count(self) -> int:
         """Connections idle in the pool."""
-        return self._pool.idle_count
-
-    async def _bind(self) -> None:
-        # The pool underneath serves the loop that started it; nextorm needs no start().
-        if not self._bound:
-            await self._pool.start()
-            self._bound = True
+        return self._runner.idle_count
 
     def __repr__(self) -> str:
-        return f"<nextorm-style {self._pool!r}>"
+        return f"<nextorm-style {self._runner!r}>"

@@ -334,6 +334,19 @@ class Core:
             timeouts=self.timeouts,
         )
 
+    def stats(self, pop: bool = False) -> Dict[str, int]:
+        """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
+        closed = self.closed
+        gauges = {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size if self.total_max_size is None else self.total_max_size,
+            "pool_size": 0 if closed else self.size,
+            "pool_available": 0 if closed else self.idle_count,
+            "requests_waiting": len(self.waiters),
+        }
+        gauges.update(self.counters.pop() if pop else self.counters.snapshot())
+        return gauges
+
     @property
     def idle_count(self) -> int:
         return sum(len(sub.idle) for sub in self.subpools.values())

@@ -6,12 +6,14 @@ the face keeps no map of its own from connections to endpoints, and never hashes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Hashable, Optional
 
+from ...driver_async import AsyncDriver
 from ...health import Driver
 
-__all__ = ["ConnectionState", "ManagerDriver"]
+__all__ = ["AsyncManagerDriver", "ConnectionState", "ManagerDriver"]
 
 logger = logging.getLogger("pgpool_compat")
 
@@ -57,5 +59,43 @@ class ManagerDriver(Driver[Any]):
             return
         try:
             self._manager.dispose(state.endpoint, conn, timeout=self._dispose_timeout)
+        except Exception as error:  # disposal never fails the caller; the original logs it
+            logger.error("connection disposal failed: %s", type(error).__name__)
+
+
+class AsyncManagerDriver(AsyncDriver[Any]):
+    """An asyncio ``BaseConnectionManager`` as an engine driver.
+
+    ``check_aliveness`` is the ping the runner awaits at every checkout of an idle
+    connection (bounded by ``check_timeout``); a dead connection goes to
+    ``on_connection_dead`` instead of ``dispose``, as in the original.
+    """
+
+    def __init__(self, manager: Any, dispose_timeout: Optional[float]) -> None:
+        self._manager = manager
+        self._dispose_timeout = dispose_timeout
+
+    async def connect_to(self, key: Hashable) -> Any:
+        return await self._manager.create(key)
+
+    def prepare_for(self, conn: Any, key: Hashable) -> ConnectionState:
+        return ConnectionState(key)
+
+    async def ping(self, conn: Any, state: ConnectionState) -> bool:
+        if state.dead:
+            return False
+        if await self._manager.check_aliveness(state.endpoint, conn):
+            return True
+        state.dead = True
+        await self._manager.on_connection_dead(state.endpoint, conn)
+        return False
+
+    async def dispose_with(self, conn: Any, state: Optional[ConnectionState]) -> None:
+        if state is None or state.dead:
+            return
+        try:
+            await asyncio.wait_for(
+                self._manager.dispose(state.endpoint, conn), self._dispose_timeout
+            )
         except Exception as error:  # disposal never fails the caller; the original logs it
             logger.error("connection disposal failed: %s", type(error).__name__)

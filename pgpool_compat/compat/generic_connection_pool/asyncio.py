@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Generic, Optional
+import contextlib
+from typing import Any, AsyncIterator, Generic, Optional
 
-from .common import ConnectionT, EndpointT
+from ...engine.asyncio import AsyncRunner
+from ...engine.threaded import DEFAULT
+from ...errors import NotBorrowed, PoolClosed, PoolTimeout
+from ._driver import AsyncManagerDriver
+from .common import BaseConnectionPool, ConnectionT, EndpointT
+from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
 
@@ -35,12 +41,87 @@ class BaseConnectionManager(Generic[EndpointT, ConnectionT], abc.ABC):
         """Called instead of ``dispose`` when ``check_aliveness`` said ``conn`` is dead."""
 
 
-class ConnectionPool(Generic[EndpointT, ConnectionT]):
-    """Placeholder until the asyncio runner lands."""
+class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[EndpointT, ConnectionT]):
+    """An asyncio pool of connections to many endpoints, made by ``connection_manager``.
 
-    def __init__(self, connection_manager: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "the asyncio generic-connection-pool face needs the asyncio runner"
+    The threading pool's rules, as coroutines: ``acquire(endpoint)`` waits up to ``timeout``
+    (default ``acquire_timeout``) and raises the builtin ``TimeoutError``; a closed pool raises
+    ``ConnectionPoolClosedError``; ``check_aliveness`` runs at every checkout of an idle
+    connection. No running loop is needed to build one: the pool serves the loop it is used
+    in, and ``background_collector=True`` starts its task there.
+    """
+
+    def __init__(
+        self,
+        connection_manager: BaseConnectionManager[EndpointT, ConnectionT],
+        *,
+        acquire_timeout: Optional[float] = None,
+        background_collector: bool = False,
+        dispose_batch_size: int = 0,
+        dispose_timeout: Optional[float] = None,
+        min_idle: int = 1,
+        max_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
+        settings = self._settings(
+            acquire_timeout, background_collector, dispose_batch_size, check="ping"
+        )
+        self._manager = connection_manager
+        self._runner: AsyncRunner[ConnectionT] = AsyncRunner(
+            settings, AsyncManagerDriver(connection_manager, dispose_timeout), kind="ConnectionPool"
         )
 
-    _unused: Optional[int] = None
+    def get_size(self) -> int:
+        return self._runner.size
+
+    async def get_endpoint_pool_size(
+        self, endpoint: EndpointT, acquired: Optional[bool] = None
+    ) -> int:
+        """Connections of ``endpoint``: all (``None``), borrowed (``True``) or idle (``False``)."""
+        held, idle, borrowed = self._runner.key_sizes(endpoint)
+        if acquired is None:
+            return held
+        return borrowed if acquired else idle
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, endpoint: EndpointT, timeout: Optional[float] = None
+    ) -> AsyncIterator[ConnectionT]:
+        """``async with pool.connection(endpoint) as conn:`` acquires and always releases."""
+        conn = await self.acquire(endpoint, timeout=timeout)
+        try:
+            yield conn
+        finally:
+            await self.release(conn, endpoint)
+
+    async def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
+        """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
+        try:
+            conn = await self._runner.acquire(endpoint, DEFAULT if timeout is None else timeout)
+        except PoolTimeout as error:
+            raise TimeoutError(*error.args) from None
+        except PoolClosed:
+            raise ConnectionPoolClosedError("connection pool is closed") from None
+        try:
+            await self._manager.on_acquire(endpoint, conn)
+        except BaseException:
+            await self._runner.release(conn)
+            raise
+        return conn
+
+    async def release(self, conn: ConnectionT, endpoint: EndpointT) -> None:
+        """Give ``conn`` back; ``on_release`` runs first. After ``close()`` it is closed."""
+        try:
+            await self._manager.on_release(endpoint, conn)
+        finally:
+            try:
+                await self._runner.release(conn)
+            except NotBorrowed:
+                raise RuntimeError("connection not acquired") from None
+
+    async def close(self, timeout: Optional[float] = None) -> None:
+        """Close the idle connections now and refuse new acquires; a borrowed connection is
+        closed when it is released. Never waits for them (``timeout`` is accepted for
+        compatibility)."""
+        await self._runner.close(close_borrowed=False)

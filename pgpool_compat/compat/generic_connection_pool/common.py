@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Hashable, Optional, TypeVar
 
-from ...settings import Labels, Settings, check_flag, check_seconds, check_size
+from ...settings import CheckSetting, Labels, Settings, check_flag, check_seconds, check_size
 
 __all__ = ["BaseConnectionPool", "ConnectionT", "EndpointT", "InvalidPoolSettings"]
 
@@ -65,9 +65,16 @@ class BaseConnectionPool(Generic[EndpointT, ConnectionT]):
         self._total_max_size = total_max_size
 
     def _settings(
-        self, acquire_timeout: Optional[float], background: Any, dispose_batch_size: Any
+        self,
+        acquire_timeout: Optional[float],
+        background: Any,
+        dispose_batch_size: Any,
+        *,
+        check: CheckSetting,
     ) -> Settings:
-        """The engine settings of this pool; its own keywords are validated here."""
+        """The engine settings of this pool; its own keywords are validated here. ``check``
+        is how the driver runs ``check_aliveness``: as its probe ("socket", sync managers)
+        or as its ping at every checkout ("ping", asyncio managers)."""
         return Settings(
             min_size=0,
             max_size=self._max_size,
@@ -77,7 +84,8 @@ class BaseConnectionPool(Generic[EndpointT, ConnectionT]):
             timeout=check_seconds("acquire_timeout", acquire_timeout, allow_zero=True),
             max_idle=self._idle_timeout,
             max_lifetime=self._max_lifetime,
-            check="socket",  # the driver's is_alive: the manager's check_aliveness
+            check=check,
+            ping_after=0.0,
             background=check_flag("background_collector", background),
             sweep_batch=check_size("dispose_batch_size", dispose_batch_size),
             labels=LABELS,

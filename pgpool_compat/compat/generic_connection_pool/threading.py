@@ -68,7 +68,9 @@ class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[Endpoin
         **kwargs: Any,
     ) -> None:
         super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
-        settings = self._settings(acquire_timeout, background_collector, dispose_batch_size)
+        settings = self._settings(
+            acquire_timeout, background_collector, dispose_batch_size, check="socket"
+        )
         self._manager = connection_manager
         self._runner: ThreadedRunner[ConnectionT] = ThreadedRunner(
             settings, ManagerDriver(connection_manager, dispose_timeout), kind="ConnectionPool"

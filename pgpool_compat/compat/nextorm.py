@@ -8,7 +8,7 @@ failed connect never loses its slot, and a negative ``timeout`` is refused at co
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable
 
 from ..driver import FactoryDriver
 from ..driver_async import AsyncFactoryDriver
@@ -27,13 +27,20 @@ class PoolTimeoutError(PoolTimeout):
     """
 
 
-def _sizes(min_size: Any, max_size: Any) -> Tuple[int, int]:
-    """nextorm's size rules, in errors that name ``min_size`` / ``max_size``."""
+def _settings(min_size: Any, max_size: Any, timeout: Any, *, lifo: bool) -> Settings:
+    """nextorm's keywords as engine settings; errors name ``min_size`` / ``max_size`` /
+    ``timeout``."""
     check_size("min_size", min_size)
     check_size("max_size", max_size, minimum=1)
     if min_size > max_size:
         raise ValueError(f"min_size ({min_size}) must be at most max_size ({max_size})")
-    return min_size, max_size
+    return Settings(
+        min_size=min_size,
+        max_size=max_size,
+        timeout=check_seconds("timeout", timeout, allow_zero=True),
+        check=None,
+        lifo=lifo,
+    )
 
 
 class ConnectionPool:
@@ -53,14 +60,8 @@ class ConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        min_size, max_size = _sizes(min_size, max_size)
-        settings = Settings(
-            min_size=min_size,
-            max_size=max_size,
-            timeout=check_seconds("timeout", timeout, allow_zero=True),
-            check=None,
-            lifo=False,
-        )
+        # nextorm's queue hands out the longest-idle connection first.
+        settings = _settings(min_size, max_size, timeout, lifo=False)
         driver: FactoryDriver[Any] = FactoryDriver(
             check_callable("factory", factory, required=True)
         )
@@ -118,13 +119,7 @@ class AsyncConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        min_size, max_size = _sizes(min_size, max_size)
-        settings = Settings(
-            min_size=min_size,
-            max_size=max_size,
-            timeout=check_seconds("timeout", timeout, allow_zero=True),
-            check=None,
-        )
+        settings = _settings(min_size, max_size, timeout, lifo=True)
         driver: AsyncFactoryDriver[Any] = AsyncFactoryDriver(
             check_callable("factory", factory, required=True)
         )

@@ -49,6 +49,19 @@ class Slotted:
         self.closed = True
 
 
+def flaky_factory() -> Any:
+    """An async factory whose first call fails, the later ones make a ``Thing``."""
+    calls = {"n": 0}
+
+    async def make() -> Thing:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionRefusedError("down")
+        return Thing()
+
+    return make
+
+
 # -- nextorm -------------------------------------------------------------------------------
 
 
@@ -77,16 +90,8 @@ def test_nextorm_timeout_error_is_ours_too() -> None:
 def test_nextorm_async_failed_factory_keeps_its_slot() -> None:
     # nextorm's async pool keeps the semaphore slot of a failed factory call: with
     # max_size=1 the next acquire() times out for ever after.
-    calls = {"n": 0}
-
-    async def flaky() -> Thing:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionRefusedError("down")
-        return Thing()
-
     async def body() -> Thing:
-        pool = nextorm.AsyncConnectionPool(flaky, min_size=0, max_size=1, timeout=0.5)
+        pool = nextorm.AsyncConnectionPool(flaky_factory(), min_size=0, max_size=1, timeout=0.5)
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire()
         return await pool.acquire()
@@ -162,16 +167,8 @@ def test_escudeiro_never_exceeds_pool_size() -> None:
 
 def test_escudeiro_failed_factory_keeps_its_slot() -> None:
     # escudeiro loses the slot of a failed factory call: pool_size=1 then hangs for ever.
-    calls = {"n": 0}
-
-    async def flaky() -> Thing:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionRefusedError("down")
-        return Thing()
-
     async def body() -> Any:
-        pool = _escudeiro(1, factory=flaky)
+        pool = _escudeiro(1, factory=flaky_factory())
         with pytest.raises(ConnectionRefusedError):
             await pool.acquire()
         return await asyncio.wait_for(pool.acquire(), 5)

@@ -20,6 +20,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from helpers import sessions_named
+from test_aio import asyncpg_kwargs
 
 # escudeiro's examples, in page order (one namespace, as a reader runs them); the only edit
 # is the import line: ``from escudeiro.ds.pools import AsyncPool`` became ours.
@@ -75,17 +76,8 @@ def _sessions(admin_conn: Any, name: str, expected: int) -> int:
 
 
 def _asyncpg_kwargs(dsn: str) -> Dict[str, Any]:
-    params = psycopg2.extensions.parse_dsn(dsn)
-    kwargs = {
-        "host": params.get("host", "127.0.0.1"),
-        "port": int(params.get("port", 5432)),
-        "user": params.get("user"),
-        "database": params.get("dbname"),
-        "password": params.get("password"),
-        "timeout": 10,
-        "server_settings": {"application_name": APP},
-    }
-    return {key: value for key, value in kwargs.items() if value is not None}
+    """asyncpg.connect() keywords for the test server, sessions named ``APP``."""
+    return dict(asyncpg_kwargs(dsn), server_settings={"application_name": APP})
 
 
 async def _run(source: str, namespace: Dict[str, Any]) -> None:

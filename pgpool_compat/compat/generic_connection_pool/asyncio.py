@@ -10,7 +10,7 @@ from ...engine.asyncio import AsyncRunner
 from ...engine.threaded import DEFAULT
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
 from ._driver import AsyncManagerDriver
-from .common import BaseConnectionPool, ConnectionT, EndpointT
+from .common import BaseConnectionPool, ConnectionT, EndpointT, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -79,10 +79,7 @@ class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[Endpoin
         self, endpoint: EndpointT, acquired: Optional[bool] = None
     ) -> int:
         """Connections of ``endpoint``: all (``None``), borrowed (``True``) or idle (``False``)."""
-        held, idle, borrowed = self._runner.key_sizes(endpoint)
-        if acquired is None:
-            return held
-        return borrowed if acquired else idle
+        return endpoint_size(self._runner.key_sizes(endpoint), acquired)
 
     @contextlib.asynccontextmanager
     async def connection(

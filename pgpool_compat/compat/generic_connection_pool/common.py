@@ -6,7 +6,7 @@ threading and asyncio pools add the runner. One endpoint is one sub-pool of the 
 
 from __future__ import annotations
 
-from typing import Any, Generic, Hashable, Optional, TypeVar
+from typing import Any, Generic, Hashable, Optional, Tuple, TypeVar
 
 from ...settings import CheckSetting, Labels, Settings, check_flag, check_seconds, check_size
 
@@ -119,3 +119,11 @@ class BaseConnectionPool(Generic[EndpointT, ConnectionT]):
     def get_size(self) -> int:
         """Connections held over all endpoints (idle, borrowed, being opened)."""
         raise NotImplementedError
+
+
+def endpoint_size(sizes: Tuple[int, int, int], acquired: Optional[bool]) -> int:
+    """From a runner's ``key_sizes()``: all (``None``), borrowed (``True``) or idle."""
+    held, idle, borrowed = sizes
+    if acquired is None:
+        return held
+    return borrowed if acquired else idle

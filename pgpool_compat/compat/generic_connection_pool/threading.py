@@ -10,7 +10,7 @@ from typing import Any, Generic, Iterator, Optional
 from ...engine.threaded import DEFAULT, ThreadedRunner
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
 from ._driver import ManagerDriver
-from .common import BaseConnectionPool, ConnectionT, EndpointT
+from .common import BaseConnectionPool, ConnectionT, EndpointT, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -81,10 +81,7 @@ class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[Endpoin
 
     def get_endpoint_pool_size(self, endpoint: EndpointT, acquired: Optional[bool] = None) -> int:
         """Connections of ``endpoint``: all (``None``), borrowed (``True``) or idle (``False``)."""
-        held, idle, borrowed = self._runner.key_sizes(endpoint)
-        if acquired is None:
-            return held
-        return borrowed if acquired else idle
+        return endpoint_size(self._runner.key_sizes(endpoint), acquired)
 
     @contextmanager
     def connection(

@@ -48,16 +48,8 @@ class TcpSocketConnectionManager(
         close_socket(conn)
 
 
-class SslSocketAlivenessCheckingMixin(Generic[EndpointT]):
+class SslSocketAlivenessCheckingMixin(SocketAlivenessCheckingMixin[EndpointT]):
     """``check_aliveness`` for TLS sockets: the underlying TCP socket is peeked."""
-
-    def check_aliveness(
-        self, endpoint: EndpointT, conn: SSLSocket, timeout: Optional[float] = None
-    ) -> bool:
-        return not peer_gone(conn)
-
-    def on_connection_dead(self, endpoint: EndpointT, conn: SSLSocket) -> None:
-        close_socket(conn)
 
 
 class SslSocketConnectionManager(

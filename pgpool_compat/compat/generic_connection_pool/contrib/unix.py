@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pathlib
 import socket
-from typing import Generic, Optional
+from typing import Optional
 
 from ..threading import BaseConnectionManager, EndpointT
-from ._sockets import close_socket, connect_blocking, peer_gone
+from ._sockets import close_socket, connect_blocking
+from .socket import SocketAlivenessCheckingMixin
 
 if not hasattr(socket, "AF_UNIX"):
     raise ImportError("Unix sockets are not available on this platform")
@@ -15,16 +16,8 @@ if not hasattr(socket, "AF_UNIX"):
 __all__ = ["CheckSocketAlivenessMixin", "UnixSocketConnectionManager"]
 
 
-class CheckSocketAlivenessMixin(Generic[EndpointT]):
+class CheckSocketAlivenessMixin(SocketAlivenessCheckingMixin[EndpointT]):
     """``check_aliveness``: alive unless the peer closed the socket or it failed."""
-
-    def check_aliveness(
-        self, endpoint: EndpointT, conn: socket.socket, timeout: Optional[float] = None
-    ) -> bool:
-        return not peer_gone(conn)
-
-    def on_connection_dead(self, endpoint: EndpointT, conn: socket.socket) -> None:
-        close_socket(conn)  # a dead socket is not disposed by the pool: close it here
 
 
 class UnixSocketConnectionManager(

@@ -7,6 +7,7 @@ tests talk to the real test server.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Iterator, List
@@ -332,3 +333,42 @@ def test_psycopg2_dead_connection_is_never_handed_out(
     fresh = runner.acquire()
     assert fresh is not conn and scalar(fresh, "SELECT 1") == 1
     assert runner.stats()["connections_lost"] == 1
+
+
+def test_close_idle_keeps_the_pool_open_and_borrowed_untouched(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    runner = factory_runner(runners, max_size=3)
+    idle, borrowed = runner.acquire(), runner.acquire()
+    runner.release(idle)
+    assert runner.close_idle() == 1
+    assert idle.closed and not borrowed.closed and not runner.closed
+    assert runner.figures().size == 1
+    runner.release(borrowed)
+    assert runner.acquire() is borrowed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forked_child_starts_from_empty_books_and_never_closes_the_parents(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    runner = factory_runner(runners, max_size=2, timeout=0)
+    borrowed, idle = runner.acquire(), runner.acquire()
+    runner.release(idle)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave at once
+        try:
+            runner.release(borrowed)  # the parent's: forgotten, not closed, no error
+            fresh = runner.acquire()
+            report = f"{borrowed.closed} {idle.closed} {fresh is idle} {runner.figures().size}"
+        except BaseException as error:
+            report = repr(error)
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert pipe.read() == "False False False 1"
+    assert status == 0 and not borrowed.closed and not idle.closed
+    assert runner.figures().size == 2  # the parent's books are untouched

@@ -163,11 +163,7 @@ class Core:
 
     def abandon(self, key: Hashable) -> None:
         """A reserved slot will not get a connection (the connect failed or was cancelled)."""
-        sub = self.subpools[key]
-        sub.opening -= 1
-        sub.size -= 1
-        self.opening -= 1
-        self.size -= 1
+        self.abandon_quietly(key)
         self.offer_slot()
 
     # -- waiting ---------------------------------------------------------------------------

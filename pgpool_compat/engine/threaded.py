@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional, Tuple
+from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol, Tuple
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
@@ -116,10 +116,8 @@ class ThreadedRunner(Generic[ConnT]):
             entry = core.take_idle(key, now)
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if entry is not None:
             # Hot path: the socket probe inline, the policy object only for slow checks.
             probe = self._checks.probe
@@ -163,10 +161,8 @@ class ThreadedRunner(Generic[ConnT]):
             upkeep = self._needs_upkeep and now >= self._upkeep_due
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if state:
             self._settle(entry)
         if self.observer is not None:
@@ -529,6 +525,12 @@ class ThreadedRunner(Generic[ConnT]):
 
     # -- upkeep ----------------------------------------------------------------------------
 
+    def _tidy(self, upkeep: bool) -> None:
+        """After a hot path released the lock: upkeep if due, close what was doomed."""
+        if upkeep:
+            self._upkeep()
+        self._dispose_doomed()
+
     def _upkeep(self) -> None:
         """Lazy upkeep from the hot paths: expire stale idle connections, report leaks."""
         limit = self.settings.leak_timeout
@@ -577,6 +579,17 @@ class ThreadedRunner(Generic[ConnT]):
             self._start_keeper()
 
 
+class _Maintained(Protocol):
+    """What a keeper drives: a runner, or the pre-engine psycopg2 shell."""
+
+    name: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _maintain(self) -> None: ...
+
+
 class _Keeper(threading.Thread):
     """The background thread of one pool: refill, expire, report leaks."""
 
@@ -585,7 +598,7 @@ class _Keeper(threading.Thread):
     #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
     STOP_WAIT = 1.0
 
-    def __init__(self, runner: ThreadedRunner[Any]) -> None:
+    def __init__(self, runner: _Maintained) -> None:
         super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
         self._runner_ref = weakref.ref(runner)
         self.stopping = threading.Event()

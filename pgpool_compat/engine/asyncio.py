@@ -197,9 +197,17 @@ class AsyncRunner(Generic[ConnT]):
             core.counters.requests_errors += 1
             raise PoolClosed()
         core.counters.requests_num += 1
-        started = now = monotonic()
+        started = monotonic()
         if timeout is DEFAULT:
             timeout = self.settings.timeout
+        conn = await self._checkout(key, timeout, started)
+        if self.observer is not None:  # every checkout served, queued or not
+            self.observer.waited(self.name, monotonic() - started)
+        return conn
+
+    async def _checkout(self, key: Hashable, timeout: Optional[float], started: float) -> ConnT:
+        core = self.core
+        now = started
         deadline = None if timeout is None else started + timeout
         if self._needs_upkeep and now >= self._upkeep_due:
             self._upkeep(now)
@@ -325,10 +333,17 @@ class AsyncRunner(Generic[ConnT]):
             return
         self._dispose_doomed()
         pending = [*self._opening, *self._settling, *self._disposing]
-        if pending:
-            await asyncio.wait(pending, timeout=self.settings.check_timeout)
-        # Claims of tasks that ignored their cancel: the connections whose reset is
-        # abandoned are closed now, the slots of stuck connects are no longer counted.
+        try:
+            if pending:
+                await asyncio.wait(pending, timeout=self.settings.check_timeout)
+        finally:  # out of time, or the caller cancelled: abandon what is still running
+            self._abandon_claims()
+            log.closed(self.name)
+
+    def _abandon_claims(self) -> None:
+        """Take the claims of tasks that ignored their cancel: the connections whose reset
+        is abandoned are closed now, the slots of stuck connects no longer counted."""
+        core = self.core
         for task, entry in list(self._settling.items()):
             if not task.done():
                 del self._settling[task]
@@ -338,7 +353,6 @@ class AsyncRunner(Generic[ConnT]):
                 del self._opening[task]
                 core.abandon_quietly(key)
         self._dispose_doomed()
-        log.closed(self.name)
 
     async def close_idle(self) -> int:
         """Close every idle connection now (awaiting the closes, bounded by
@@ -399,10 +413,7 @@ class AsyncRunner(Generic[ConnT]):
             self._give_back(waiter)
             raise
         finally:
-            waited = monotonic() - now
-            core.counters.requests_wait_ms += waited * 1000.0
-            if self.observer is not None:
-                self.observer.waited(self.name, waited)
+            core.counters.requests_wait_ms += (monotonic() - now) * 1000.0
         if not future.done():
             future.cancel()
             core.withdraw(waiter)

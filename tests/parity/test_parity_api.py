@@ -14,8 +14,6 @@ from tests.parity.faces import Face, faces
 
 pytestmark = pytest.mark.timeout(60)
 
-NO_NAME = "no name keyword on the factory pools yet"
-NO_ASYNC_CHECK = "AsyncConnectionPool has no check() yet"
 
 
 def ping(conn: object) -> bool:
@@ -24,7 +22,7 @@ def ping(conn: object) -> bool:
         return bool(cursor.fetchone()[0] == 1)
 
 
-@faces(xfail={"sync": NO_NAME})
+@faces()
 def test_repr_names_the_pool(face: Face) -> None:
     pool = face.pool(1, 2, name="orders")
     assert pool.name == "orders"
@@ -33,7 +31,7 @@ def test_repr_names_the_pool(face: Face) -> None:
     assert "orders" in repr(pool.raw), "a closed pool keeps its name"
 
 
-@faces(xfail={"sync": NO_NAME})
+@faces()
 def test_every_log_line_of_a_timeout_names_the_pool(
     face: Face, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,7 +20,6 @@ from tests.parity.faces import Face, faces
 
 pytestmark = pytest.mark.timeout(60)
 
-NO_CONFIGURE = "no configure keyword on the factory pools yet"
 
 
 @faces()
@@ -82,7 +81,7 @@ def test_reset_runs_on_return_and_a_failure_costs_the_connection_not_the_slot(
     assert fresh is not conn and scalar(fresh, "SELECT 1") == 1
 
 
-@faces(xfail={"sync": NO_CONFIGURE})
+@faces()
 def test_configure_runs_once_on_each_new_connection(face: Face) -> None:
     configured: List[Any] = []
 

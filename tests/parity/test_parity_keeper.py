@@ -21,9 +21,6 @@ from tests.parity.faces import Face, faces, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-NO_LEAKS = "no leak_timeout on the factory pools yet"
-NO_KEEPER = "no background keeper on the factory pools yet"
-NO_NAME = "no name keyword on the factory pools yet"
 
 
 def leak_warnings(caplog: pytest.LogCaptureFixture, pool_name: str) -> List[str]:
@@ -53,7 +50,7 @@ def shows_the_borrower(warning: str, face: Face) -> bool:
     return face.name == "async" or any(name == "borrow_and_forget" for _, name in frames)
 
 
-@faces(xfail={"sync": NO_LEAKS})
+@faces()
 def test_a_leak_is_reported_with_its_checkout_stack_on_the_next_call(
     face: Face, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -67,7 +64,7 @@ def test_a_leak_is_reported_with_its_checkout_stack_on_the_next_call(
     assert shows_the_borrower(warnings[0], face), warnings[0]
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_reports_a_leak_once_with_no_call_made(
     face: Face, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -80,17 +77,17 @@ def test_keeper_reports_a_leak_once_with_no_call_made(
     assert len(warnings) == 1 and shows_the_borrower(warnings[0], face), warnings
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_replaces_expired_connections_with_no_call_made(face: Face) -> None:
     pool = face.pool(2, 2, max_lifetime=0.5, keeper=True)
+    wait_until(lambda: len(pool.log.made) == 2, what="minimum opened")
     originals = list(pool.log.made)
-    assert len(originals) == 2
     wait_until(lambda: all(conn.closed for conn in originals), what="expired ones closed")
     wait_until(lambda: len(pool.log.open()) == 2, what="minimum reopened")
     assert pool.stats()["pool_size"] == 2
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_trims_idle_past_max_idle_down_to_the_minimum(face: Face) -> None:
     pool = face.pool(1, 3, max_idle=0.3, keeper=True)
     borrowed = [pool.get() for _ in range(3)]
@@ -101,7 +98,7 @@ def test_keeper_trims_idle_past_max_idle_down_to_the_minimum(face: Face) -> None
     assert len(pool.log.made) == 3, "the minimum was kept, not closed and reopened"
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_backs_off_while_connects_fail_then_refills(face: Face) -> None:
     pool = face.pool(2, 2, max_lifetime=0.4, keeper=True)
     pool.log.refuse = True
@@ -115,7 +112,7 @@ def test_keeper_backs_off_while_connects_fail_then_refills(face: Face) -> None:
     wait_until(lambda: len(pool.log.open()) == 2, bound=10, what="refilled after the outage")
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_stops_when_the_pool_closes(face: Face) -> None:
     pool = face.pool(1, 2, name="kept", keeper=True)
     assert pool.keeper_running()
@@ -123,7 +120,7 @@ def test_keeper_stops_when_the_pool_closes(face: Face) -> None:
     wait_until(lambda: not pool.keeper_running(), bound=3, what="keeper stopped")
 
 
-@faces(xfail={"sync": NO_NAME})
+@faces()
 def test_no_keeper_without_the_option(face: Face) -> None:
     pool = face.pool(1, 2, name="unkept")
     assert not pool.keeper_running()
@@ -158,7 +155,7 @@ EXIT_SCRIPTS = {
 }
 
 
-@faces(xfail={"sync": NO_KEEPER})
+@faces()
 def test_keeper_stops_at_exit_with_the_pool_left_open(face: Face) -> None:
     script = textwrap.dedent(EXIT_SCRIPTS[face.name])
     started = time.monotonic()

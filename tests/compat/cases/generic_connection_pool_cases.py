@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import socket
+import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -477,7 +480,8 @@ def case_async_cap_timeout(lib: Any) -> Any:
 class _EchoServer:
     """A local TCP or Unix stream server that echoes, with a way to cut every client."""
 
-    def __init__(self, family: int, address: Any) -> None:
+    def __init__(self, family: int, address: Any, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.tls = tls
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.bind(address)
         self.sock.listen(16)
@@ -494,6 +498,13 @@ class _EchoServer:
                 client, _ = self.sock.accept()
             except OSError:
                 continue
+            if self.tls is not None:
+                client.settimeout(5)
+                try:
+                    client = self.tls.wrap_socket(client, server_side=True)
+                except OSError:
+                    client.close()
+                    continue
             self.clients.append(client)
 
     def cut_all(self, expected: int = 1) -> None:
@@ -616,5 +627,50 @@ def case_contrib_async_unix(lib: Any) -> Any:
                 return results[0], results[1]
 
             return list(asyncio.run(main()))
+        finally:
+            server.stop()
+
+
+def _self_signed(folder: str) -> Tuple[str, str]:
+    """A throwaway certificate and key for ``localhost`` (openssl, bounded)."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def case_contrib_ssl_socket(lib: Any) -> Any:
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = _self_signed(folder)
+        server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_side.load_cert_chain(cert, key)
+        server = _EchoServer(socket.AF_INET, ("127.0.0.1", 0), tls=server_side)
+        try:
+            port = server.sock.getsockname()[1]
+            client_side = ssl.create_default_context(cafile=cert)
+            manager = _mod(lib, "contrib.socket").SslSocketConnectionManager(client_side)
+            pool = _mod(lib, "threading").ConnectionPool(manager, min_idle=1, max_size=2)
+            return _socket_pool_roundtrip(pool, ("localhost", port), server)
         finally:
             server.stop()

@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, Hashable, List, Optional, Union
 
-from ..errors import DuplicateConnection, NotBorrowed, PoolClosed
+from ..errors import (
+    DUPLICATE_MESSAGE,
+    NOT_BORROWED_MESSAGE,
+    DuplicateConnection,
+    NotBorrowed,
+    PoolClosed,
+)
 from ..settings import Settings
 from .entry import Entry
 from .stats import Counters, Figures
@@ -144,19 +150,21 @@ class Core:
         """A reserved slot got its connection: its entry, counted but neither idle nor lent.
 
         Raises ``DuplicateConnection`` (the slot freed, ``conn`` left alone: someone else
-        holds it) when the pool already holds that very object.
+        holds it) when the pool already holds that very object, or when it is ``None``.
         """
         sub = self.subpools[key]
         sub.opening -= 1
         self.opening -= 1
-        if id(conn) in self.entries:
+        if conn is None or id(conn) in self.entries:
             sub.size -= 1
             self.size -= 1
             self.offer_slot()
-            raise DuplicateConnection(
-                "the factory returned an object this pool already holds (a shared client, "
-                f"None?): {type(conn).__name__} objects must be distinct; slot freed"
+            what = (
+                "None instead of a connection"
+                if conn is None
+                else "an object this pool already holds"
             )
+            raise DuplicateConnection(DUPLICATE_MESSAGE % what)
         entry = Entry(conn, state, key, now, self.max_lifetime)
         self.entries[id(conn)] = entry
         return entry
@@ -185,10 +193,7 @@ class Core:
         """The entry of a borrowed connection, taken off the borrowed books."""
         entry = self.out.pop(id(conn), None)
         if entry is None:
-            raise NotBorrowed(
-                f"this {type(conn).__name__} was not borrowed from this pool, or was "
-                "returned already; nothing was changed"
-            )
+            raise NotBorrowed(NOT_BORROWED_MESSAGE)
         return entry
 
     def shelve(self, entry: Entry, now: float) -> None:

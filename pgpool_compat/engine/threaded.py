@@ -242,17 +242,7 @@ class ThreadedRunner(Generic[ConnT]):
     def stats(self, pop: bool = False) -> Dict[str, int]:
         """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
         with self._lock:
-            core = self.core
-            idle = 0 if core.closed else core.idle_count
-            gauges = {
-                "pool_min": core.min_size,
-                "pool_max": core.max_size if core.total_max_size is None else core.total_max_size,
-                "pool_size": 0 if core.closed else core.size,
-                "pool_available": idle,
-                "requests_waiting": len(core.waiters),
-            }
-            gauges.update(core.counters.pop() if pop else core.counters.snapshot())
-            return gauges
+            return self.core.stats(pop)
 
     def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
         """``(held, idle, borrowed)`` for sub-pool ``key``: held counts idle, borrowed and
@@ -337,8 +327,9 @@ class ThreadedRunner(Generic[ConnT]):
 
     def _drop_lent(self, entry: Entry) -> None:
         with self._lock:
-            self.core.out.pop(id(entry.conn), None)
-            self.core.drop(entry)
+            # Not lent any more if close() took it meanwhile: already doomed, once.
+            if self.core.out.pop(id(entry.conn), None) is not None:
+                self.core.drop(entry)
         self._dispose_doomed()
 
     def _wait(
@@ -371,6 +362,10 @@ class ThreadedRunner(Generic[ConnT]):
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
+            elif core.closed:  # closed between the hand-off and this wake-up
+                self._give_back(waiter)
+                core.counters.requests_errors += 1
+                error = PoolClosed()
         if self.observer is not None:
             self.observer.waited(self.name, waited)
         if error is not None:
@@ -383,9 +378,8 @@ class ThreadedRunner(Generic[ConnT]):
         grant = waiter.grant
         if grant is SLOT:
             self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry):
-            self.core.out.pop(id(grant.conn), None)
-            self.core.shelve(grant, monotonic())
+        elif isinstance(grant, Entry) and self.core.out.pop(id(grant.conn), None) is not None:
+            self.core.shelve(grant, monotonic())  # unless close() took it meanwhile
 
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import AsyncIterator, Awaitable, Callable, Dict, Generic, Optional, Type, TypeVar, Union
+from typing import AsyncIterator, Awaitable, Callable, Generic, Optional, Type, TypeVar, Union
 
 from .driver_async import AsyncFactoryDriver, Hook
 from .engine.asyncio import AsyncRunner
-from .engine.stats import Figures
 from .errors import PoolClosed
-from .settings import Settings, check_callable, check_flag, check_seconds, check_size
+from .factory_face import FactoryFace, factory_settings, prefill_count
+from .settings import check_callable
 
 __all__ = ["AsyncConnectionPool"]
 
 ConnT = TypeVar("ConnT")
 
 
-class AsyncConnectionPool(Generic[ConnT]):
+class AsyncConnectionPool(FactoryFace, Generic[ConnT]):
     """A pool of whatever ``async_factory`` makes (asyncpg connections, clients, sockets).
 
     ``async_factory()`` returns a connection or an awaitable of one; ``configure(conn)`` runs
@@ -65,26 +65,18 @@ class AsyncConnectionPool(Generic[ConnT]):
         lifo: bool = True,
         name: Optional[str] = None,
     ) -> None:
-        check_size("min_size", min_size)
-        check_size("max_size", max_size, minimum=1)
-        if min_size > max_size:
-            raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
-        settings = Settings(
-            name=name,
+        settings = factory_settings(
             min_size=min_size,
             max_size=max_size,
-            timeout=check_seconds("timeout", timeout, allow_zero=True),
-            check=check_callable("check", check),
-            check_timeout=check_seconds(  # type: ignore[arg-type]
-                "check_timeout", check_timeout, allow_zero=False, allow_none=False
-            ),
-            max_idle=check_seconds("max_idle", max_idle, allow_zero=False),
-            max_lifetime=check_seconds("max_lifetime", max_lifetime, allow_zero=False),
-            leak_timeout=check_seconds("leak_timeout", leak_timeout, allow_zero=False),
-            background=check_flag("background", background),
-            lifo=check_flag("lifo", lifo),
+            timeout=timeout,
+            check=check,
+            check_timeout=check_timeout,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            leak_timeout=leak_timeout,
+            background=background,
+            lifo=lifo,
+            name=name,
         )
         driver: AsyncFactoryDriver[ConnT] = AsyncFactoryDriver(
             check_callable("async_factory", async_factory, required=True),
@@ -128,9 +120,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         """Open connections concurrently until the pool holds ``n`` (default ``min_size``,
         at most ``max_size``). The first connect error is raised once every connect has
         finished; the connections that did open stay."""
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
-        await self._runner.prefill(n)
+        await self._runner.prefill(prefill_count(n))
 
     async def check(self) -> int:
         """Run ``check`` on every idle connection now and close the failing ones; return
@@ -154,41 +144,3 @@ class AsyncConnectionPool(Generic[ConnT]):
         traceback: Optional[TracebackType],
     ) -> None:
         await self._runner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._runner.closed
-
-    @property
-    def name(self) -> str:
-        """``name``, or one made from the pool's id; every log line starts with it."""
-        return self._runner.name
-
-    @property
-    def pool_size(self) -> int:
-        """Connections the pool holds: idle, borrowed, and being opened or reset (0 once
-        closed)."""
-        return self._runner.size
-
-    @property
-    def idle_count(self) -> int:
-        """Connections ready to be handed out at once (0 once closed)."""
-        return self._runner.idle_count
-
-    def get_stats(self) -> Dict[str, int]:
-        """Gauges and counters, with psycopg_pool's key names."""
-        return self._runner.stats()
-
-    def pop_stats(self) -> Dict[str, int]:
-        """Like ``get_stats()``, then zero the counters."""
-        return self._runner.stats(pop=True)
-
-    def figures(self) -> Figures:
-        """The gauges metrics export."""
-        return self._runner.figures()
-
-    def __repr__(self) -> str:
-        # The factory is left out on purpose: it may close over a DSN with a password.
-        state = "closed" if self.closed else f"size={self.pool_size} idle={self.idle_count}"
-        return f"<{type(self).__name__} {self.name!r} {state}>"
-

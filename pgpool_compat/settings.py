@@ -145,6 +145,15 @@ class Settings:
             raise ValueError(f"check must be 'socket', 'ping', None or a callable: {self.check!r}")
 
     @property
+    def needs_upkeep(self) -> bool:
+        """Whether anything can go stale or leak: then the hot paths run lazy upkeep."""
+        return (
+            self.max_idle is not None
+            or self.max_lifetime is not None
+            or self.leak_timeout is not None
+        )
+
+    @property
     def cap(self) -> int:
         """Most connections the whole pool may hold."""
         return self.max_size if self.total_max_size is None else self.total_max_size

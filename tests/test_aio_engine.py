@@ -137,3 +137,41 @@ def test_a_connect_left_behind_by_an_ended_loop_holds_no_slot_in_the_next() -> N
         await pool.close_all()
 
     run(second_loop)
+
+
+def test_waiters_and_resets_left_behind_by_an_ended_loop_are_dropped_cleanly() -> None:
+    """A loop closed while a waiter queued and a reset was in flight: the next loop neither
+    offers the slot to the dead waiter nor counts the connection being reset."""
+    factory = Factory()
+    gate = asyncio.Event()
+
+    async def reset(conn: FakeConn) -> None:
+        if conn is factory.made[0]:
+            await gate.wait()  # only in the first loop
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        factory, min_size=0, max_size=1, reset=reset
+    )
+    left_behind: List[Any] = []
+
+    async def first_loop() -> None:
+        conn = await pool.acquire()
+        left_behind.append(asyncio.ensure_future(pool.acquire()))  # queued: the pool is full
+        await settle()
+        left_behind.append(asyncio.ensure_future(pool.release(conn)))  # reset at the gate
+        await settle()
+        assert pool.get_stats()["requests_waiting"] == 1
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(first_loop())
+    loop.close()
+
+    async def second_loop() -> None:
+        async with pool.connection() as conn:
+            assert conn is factory.made[-1] and len(factory.made) == 2
+        await settle()
+        assert factory.made[0].closed, "the connection whose reset was left behind is closed"
+        assert (pool.pool_size, pool.get_stats()["requests_waiting"]) == (1, 0)
+        await pool.close_all()
+
+    run(second_loop)

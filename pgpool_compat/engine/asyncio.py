@@ -123,11 +123,7 @@ class AsyncRunner(Generic[ConnT]):
         self.observer: Optional[Observer] = None
         self._checks = _AsyncChecks(settings, driver, self.name)
         self._capture_stacks = settings.leak_timeout is not None
-        self._needs_upkeep = (
-            settings.max_idle is not None
-            or settings.max_lifetime is not None
-            or settings.leak_timeout is not None
-        )
+        self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         # Claims on the books, see the module docstring: connects hold a slot of a key,
@@ -172,6 +168,7 @@ class AsyncRunner(Generic[ConnT]):
         idle connections opened for it may be bound to it (asyncpg's are): close them."""
         core = self.core
         now = monotonic()
+        core.waiters.clear()  # first: their futures belong to the old loop, never offer to them
         for key in self._opening.values():
             core.abandon_quietly(key)
         for entry in self._settling.values():
@@ -179,7 +176,6 @@ class AsyncRunner(Generic[ConnT]):
         self._opening.clear()
         self._settling.clear()
         self._disposing.clear()
-        core.waiters.clear()
         self._keeper = None
         for entry in core.take_all_idle():
             core.settled(entry, False, now)
@@ -431,26 +427,15 @@ class AsyncRunner(Generic[ConnT]):
             future.cancel()
             self.core.withdraw(waiter)
             return
-        grant = future.result()
-        if grant is SLOT:
-            self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry):
-            self.core.out.pop(id(grant.conn), None)
-            self.core.shelve(grant, monotonic())
+        self.core.give_back(waiter, future.result(), monotonic())
         if self.core.doomed:
             self._dispose_doomed()
 
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
-        core = self.core
         waited = monotonic() - started
-        core.counters.requests_errors += 1
-        core.timeouts += 1
         log.timed_out(self.name, waited)
-        limits = self.settings.describe_limits(timeout, core.max_size)
-        return PoolTimeout(
-            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
-            f"({limits}, {len(core.waiters)} other callers still waiting)"
-        )
+        limits = self.settings.describe_limits(timeout, self.core.max_size)
+        return self.core.timed_out(waited, limits)
 
     async def _validate(self, entry: Entry, now: float, deadline: Optional[float]) -> bool:
         """Run the checkout checks on a lent entry; drop it if it fails."""
@@ -530,6 +515,8 @@ class AsyncRunner(Generic[ConnT]):
         try:
             conn = await self.driver.connect_to(key)
             state = self.driver.prepare_for(conn, key)
+        except GeneratorExit:  # collected with a loop that ended: the books moved on
+            raise
         except BaseException as error:
             if conn is not None:
                 await self.driver.dispose(conn)  # a failed prepare must not leak it
@@ -568,6 +555,8 @@ class AsyncRunner(Generic[ConnT]):
             await asyncio.wait_for(
                 self.driver.reset(entry.conn, entry.state), self.settings.check_timeout
             )
+        except GeneratorExit:  # collected with a loop that ended: the books moved on
+            raise
         except BaseException as error:  # cancelled too: books first, re-raised below
             failure = error
         task = asyncio.current_task()
@@ -606,8 +595,7 @@ class AsyncRunner(Generic[ConnT]):
         """Expire stale idle connections, report leaks (hot paths, at most once a second)."""
         self._upkeep_due = now + UPKEEP_INTERVAL
         limit = self.settings.leak_timeout
-        self.core.sweep(now, self.settings.sweep_batch)
-        for entry in [] if limit is None else self.core.leaks(now, limit):
+        for entry in self.core.upkeep(now, self.settings.sweep_batch, limit):
             log.leak(self.name, now - entry.checked_out_at, limit or 0.0, entry.checkout_stack)
         if self.core.doomed:
             self._dispose_doomed()

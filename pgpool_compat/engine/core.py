@@ -25,6 +25,7 @@ from ..errors import (
     DuplicateConnection,
     NotBorrowed,
     PoolClosed,
+    PoolTimeout,
 )
 from ..settings import Settings
 from .entry import Entry
@@ -179,6 +180,24 @@ class Core:
     def enqueue(self, waiter: Waiter) -> None:
         self.waiters.append(waiter)
 
+    def give_back(self, waiter: Waiter, grant: Optional[Grant], now: float) -> None:
+        """Undo what a waiter that gave up (timeout, interrupt, cancel) was granted in the
+        same instant: the slot or the connection goes to the next in line."""
+        if grant is SLOT:
+            self.abandon(waiter.key)
+        elif isinstance(grant, Entry) and self.out.pop(id(grant.conn), None) is not None:
+            self.shelve(grant, now)  # unless close() took it meanwhile
+
+    def timed_out(self, waited: float, limits: str) -> PoolTimeout:
+        """Count a checkout that ran out of time; the error to raise. ``limits`` words the
+        settings in the face's own keywords (``Settings.describe_limits``)."""
+        self.counters.requests_errors += 1
+        self.timeouts += 1
+        return PoolTimeout(
+            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
+            f"({limits}, {len(self.waiters)} other callers still waiting)"
+        )
+
     def withdraw(self, waiter: Waiter) -> bool:
         """Forget a waiter that gave up; False if it was no longer queued (served)."""
         try:
@@ -281,6 +300,12 @@ class Core:
             room = self.max_size - (default.size if default is not None else 0)
             wanted += [None] * min(missing, room)
         return wanted
+
+    def upkeep(self, now: float, batch: int, leak_limit: Optional[float]) -> List[Entry]:
+        """Lazy upkeep's decisions: doom stale idle connections (see ``sweep``) and return
+        the borrowed ones newly past ``leak_limit``, for the runner to report."""
+        self.sweep(now, batch)
+        return [] if leak_limit is None else self.leaks(now, leak_limit)
 
     def leaks(self, now: float, limit: float) -> List[Entry]:
         """Borrowed entries out longer than ``limit`` not reported yet (now marked)."""

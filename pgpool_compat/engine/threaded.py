@@ -83,11 +83,7 @@ class ThreadedRunner(Generic[ConnT]):
         self._checks = CheckPolicy(settings, driver, self.name)
         self._return_state = driver.return_state
         self._capture_stacks = settings.leak_timeout is not None
-        self._needs_upkeep = (
-            settings.max_idle is not None
-            or settings.max_lifetime is not None
-            or settings.leak_timeout is not None
-        )
+        self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
         self._keeper: Optional[_Keeper] = None
         register(self)
@@ -346,7 +342,7 @@ class ThreadedRunner(Generic[ConnT]):
             with self._lock:
                 waiter.gave_up = True
                 self.core.withdraw(waiter)
-                self._give_back(waiter)
+                self.core.give_back(waiter, waiter.grant, monotonic())
             self._dispose_doomed()
             raise
         core = self.core
@@ -363,7 +359,7 @@ class ThreadedRunner(Generic[ConnT]):
                 core.counters.requests_errors += 1
                 error = grant
             elif core.closed:  # closed between the hand-off and this wake-up
-                self._give_back(waiter)
+                core.give_back(waiter, grant, monotonic())
                 core.counters.requests_errors += 1
                 error = PoolClosed()
         if self.observer is not None:
@@ -373,26 +369,12 @@ class ThreadedRunner(Generic[ConnT]):
         assert grant is not None
         return grant
 
-    def _give_back(self, waiter: _ThreadWaiter) -> None:
-        """Undo what a waiter that gave up was granted (lock held)."""
-        grant = waiter.grant
-        if grant is SLOT:
-            self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry) and self.core.out.pop(id(grant.conn), None) is not None:
-            self.core.shelve(grant, monotonic())  # unless close() took it meanwhile
-
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""
-        core = self.core
         waited = monotonic() - started
-        core.counters.requests_errors += 1
-        core.timeouts += 1
         log.timed_out(self.name, waited)
-        limits = self.settings.describe_limits(timeout, core.max_size)
-        return PoolTimeout(
-            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
-            f"({limits}, {len(core.waiters)} other callers still waiting)"
-        )
+        limits = self.settings.describe_limits(timeout, self.core.max_size)
+        return self.core.timed_out(waited, limits)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -531,8 +513,7 @@ class ThreadedRunner(Generic[ConnT]):
         with self._lock:
             now = monotonic()
             self._upkeep_due = now + UPKEEP_INTERVAL
-            self.core.sweep(now, self.settings.sweep_batch)
-            leaked = [] if limit is None else self.core.leaks(now, limit)
+            leaked = self.core.upkeep(now, self.settings.sweep_batch, limit)
             ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]
         for age, stack in ages:
             log.leak(self.name, age, limit or 0.0, stack)

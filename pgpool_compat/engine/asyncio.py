@@ -611,7 +611,9 @@ class AsyncRunner(Generic[ConnT]):
                 alive = self._checks.probe_alive(entry)
                 if not alive:
                     self._lost(entry, now, "socket")
+                idle_since = entry.idle_since
                 core.settled(entry, alive, now)
+                entry.idle_since = idle_since  # a check is not a use: max_idle still applies
         self._upkeep(now)
         keys = [key for key in core.deficit() if core.reserve(key, evict=False)]
         for position, key in enumerate(keys):

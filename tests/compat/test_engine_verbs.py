@@ -123,3 +123,28 @@ def test_async_close_idle_awaits_the_closes() -> None:
         return counts
 
     assert asyncio.run(body()) == [1, 1, 1]
+
+
+def test_async_keeper_check_is_not_a_use() -> None:
+    class Probed(AsyncDriver[Thing]):
+        has_probe = True
+
+        async def connect(self) -> Thing:
+            return Thing()
+
+        def is_alive(self, conn: Thing, state: Any) -> bool:
+            return True
+
+    async def body() -> int:
+        runner: AsyncRunner[Thing] = AsyncRunner(
+            Settings(max_size=2, max_idle=0.3, background=True), Probed()
+        )
+        await runner.release(await runner.acquire())
+        deadline = time.monotonic() + 5
+        while runner.size and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        size = runner.size
+        await runner.close()
+        return size
+
+    assert asyncio.run(body()) == 0

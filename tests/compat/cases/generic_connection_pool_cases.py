@@ -508,11 +508,13 @@ class _EchoServer:
             self.clients.append(client)
 
     def cut_all(self, expected: int = 1) -> None:
-        """Close every accepted client, once at least ``expected`` were accepted (bounded)."""
+        """Close every client accepted since the last cut, once at least ``expected`` are
+        (bounded): a client still in the listen backlog would escape the cut."""
         deadline = time.monotonic() + 5
         while len(self.clients) < expected and time.monotonic() < deadline:
             time.sleep(0.01)
-        for client in self.clients:
+        cut, self.clients = self.clients, []
+        for client in cut:
             client.close()
         time.sleep(0.05)
 
@@ -571,7 +573,7 @@ async def _async_stream_roundtrip(pool: Any, endpoint: Any, server: _EchoServer)
     reused = again is conn
     await pool.release(again, endpoint)
     server.cut_all()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the loop reads the end of file
     fresh = await pool.acquire(endpoint)
     replaced = fresh is not conn
     await pool.release(fresh, endpoint)

@@ -16,7 +16,7 @@ from .driver_async import AsyncFactoryDriver, Hook
 from .engine.asyncio import AsyncRunner
 from .errors import PoolClosed
 from .factory_face import FactoryFace, factory_settings, prefill_count
-from .settings import check_callable
+from .settings import check_callable, check_seconds
 
 __all__ = ["AsyncConnectionPool"]
 
@@ -127,11 +127,16 @@ class AsyncConnectionPool(FactoryFace, Generic[ConnT]):
         how many were closed."""
         return await self._runner.check()
 
-    async def close_all(self) -> None:
+    async def close_all(self, timeout: Optional[float] = None) -> None:
         """Close every connection, idle or borrowed, and fail the waiters; idempotent.
-        Bounded by ``check_timeout`` and cancellable: a reset or close that does not finish
-        in time is abandoned (its connection closed)."""
-        await self._runner.close()
+
+        Connects and resets in progress are cancelled; the wait for them and for async
+        releasers lasts ``timeout`` seconds at most (default ``check_timeout``): a reset
+        that will not stop is then abandoned and its connection closed. Cancelling
+        ``close_all()`` ends the wait at once (the pool is closed already)."""
+        if timeout is not None:
+            check_seconds("timeout", timeout, allow_zero=True)
+        await self._runner.close(timeout=timeout)
 
     async def __aenter__(self) -> AsyncConnectionPool[ConnT]:
         await self.start()

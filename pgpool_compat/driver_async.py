@@ -12,7 +12,10 @@ import inspect
 import logging
 from typing import Any, Awaitable, Callable, Generic, Hashable, Optional, TypeVar, Union
 
+import psycopg2
+
 from .driver import default_releaser
+from .dsn import call_without_secrets, without_secrets
 
 __all__ = ["AsyncDriver", "AsyncFactoryDriver", "call_hook"]
 
@@ -30,6 +33,18 @@ async def call_hook(hook: Hook, *args: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+async def _without_secrets(awaitable: Awaitable[Any]) -> Any:
+    """``await awaitable``; a psycopg2 error is re-raised without the password it may show
+    (as ``dsn.call_without_secrets`` does for a call)."""
+    try:
+        return await awaitable
+    except psycopg2.Error as error:
+        safe = without_secrets(error)
+        if safe is None:
+            raise
+    raise safe  # outside the except block: not even __context__ keeps the original
 
 
 class AsyncDriver(Generic[ConnT]):
@@ -104,7 +119,9 @@ class AsyncFactoryDriver(AsyncDriver[ConnT]):
         self._needs_reset: Optional[bool] = reset is not None
 
     async def connect(self) -> ConnT:
-        conn: ConnT = await call_hook(self._factory)
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        made = call_without_secrets(self._factory)
+        conn: ConnT = await _without_secrets(made) if inspect.isawaitable(made) else made
         if self._configure is not None:
             try:
                 await call_hook(self._configure, conn)

@@ -20,6 +20,7 @@ from typing import Any, Dict, Generic, Hashable, Iterator, List, Optional, Tuple
 import psycopg2
 from psycopg2 import extensions
 
+from .dsn import connect as connect_without_secrets
 from .options import PoolOptions
 
 __all__ = ["ConnT", "Driver", "Psycopg2Driver", "SessionDefaults"]
@@ -137,8 +138,7 @@ class Psycopg2Driver(Driver[Any]):
         self._always_reset = self._discard or self._custom_reset is not None
 
     def connect(self) -> Any:
-        # Looked up at call time: tests and users monkeypatch psycopg2.connect.
-        return psycopg2.connect(*self._args, **self._kwargs)
+        return connect_without_secrets(*self._args, **self._kwargs)
 
     def prepare(self, conn: Any) -> Any:
         if self._options.configure is not None:

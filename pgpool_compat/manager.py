@@ -23,6 +23,7 @@ Pools are keyed by :func:`pgpool_compat.dsn.pool_id`, so the registry never hold
 from __future__ import annotations
 
 import atexit
+import contextvars
 import datetime
 import logging
 import math
@@ -51,10 +52,12 @@ import psycopg2
 from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
+from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id
 from .engine.core import SLOT
 from .engine.threaded import _ThreadWaiter
 from .health import Psycopg2Driver
+from .lifecycle import count_setting
 from .options import PoolOptions
 
 __all__ = [
@@ -88,6 +91,13 @@ SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_CLEAN_INTERVAL = 5.0
 
 _SIZE_VARIABLES = ("PGPOOL_MAX_POOL_SIZE", "QUERIES_MAX_POOL_SIZE")
+
+# ``PoolManager.shutdown`` calls each pool's ``shutdown()`` with no argument, as queries does
+# (its tests mock the method and assert that call); its overall deadline reaches
+# ``Pool.shutdown`` through here instead.
+_SHUTDOWN_DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar(
+    "pgpool_compat_shutdown_deadline", default=None
+)
 
 
 def max_pool_size_from(environ: Mapping[str, str]) -> int:
@@ -243,6 +253,9 @@ class ActivePoolError(PoolException):
 
 class ConnectionBusyError(ConnectionException):
     """Raised when locking, freeing or closing a connection that is busy."""
+
+    #: Set by ``Pool.shutdown``: how many connections it had to leave open.
+    connections_left = 1
 
     def __str__(self) -> str:
         return f"Connection {self.cid} is busy"
@@ -618,13 +631,20 @@ class Pool:
                 "waiting": len(self._waiters),
             }
 
-    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    def shutdown(self, timeout: Optional[float] = None) -> None:
         """Close every connection, those held by sessions included (waiting at most
-        ``timeout`` seconds for them). Executing ones, and held ones that would not close in
-        time, are left: the first raises ``ConnectionBusyError`` after the rest are closed."""
-        left = self._shutdown(time.monotonic() + timeout)
+        ``timeout`` seconds for them; default ``SHUTDOWN_TIMEOUT``, or what is left of
+        ``PoolManager.shutdown``'s). Executing ones, and held ones that would not close in
+        time, are left: the first raises ``ConnectionBusyError`` after the rest are closed;
+        its ``connections_left`` says how many were left."""
+        deadline = _SHUTDOWN_DEADLINE.get()
+        if timeout is not None or deadline is None:
+            deadline = time.monotonic() + (SHUTDOWN_TIMEOUT if timeout is None else timeout)
+        left = self._shutdown(deadline)
         if left:
-            raise ConnectionBusyError(left[0])
+            error = ConnectionBusyError(left[0])
+            error.connections_left = len(left)
+            raise error
 
     def set_idle_ttl(self, ttl: float) -> None:
         """Set the idle TTL (seconds)."""
@@ -720,6 +740,27 @@ class Pool:
 
 
 # -- PoolManager ---------------------------------------------------------------------------
+
+
+def _seconds(name: str, value: Any) -> None:
+    """Validate a duration of ``PoolManager.connection``: a number >= 0 (``inf`` is allowed,
+    as queries allows any TTL), naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _shut_down(pid: str, pool: Pool) -> int:
+    """Call the pool's own ``shutdown()`` (a subclass's override or a test's mock gets the
+    call, as in queries); return how many connections it left open."""
+    try:
+        pool.shutdown()
+    except ConnectionBusyError as error:
+        return error.connections_left
+    except Exception as error:  # one failing pool must not stop the others' shutdown
+        logger.error("Pool %s shutdown failed: %s", pid, type(error).__name__)
+    return len(pool)
 
 
 class _Cleaner(threading.Thread):
@@ -910,10 +951,14 @@ class PoolManager:
         if cleaner is not None:
             _stop(cleaner, max(0.0, deadline - time.monotonic()))
         report: Dict[str, int] = {}
-        for pid, pool in pools:
-            left = pool._shutdown(deadline)
-            if left:
-                report[pid] = len(left)
+        token = _SHUTDOWN_DEADLINE.set(deadline)
+        try:
+            for pid, pool in pools:
+                left = _shut_down(pid, pool)
+                if left:
+                    report[pid] = left
+        finally:
+            _SHUTDOWN_DEADLINE.reset(token)
         if report:
             logger.warning("PoolManager.shutdown left %d connection(s) open in pool(s) %s",
                            sum(report.values()), ", ".join(sorted(report)))
@@ -956,8 +1001,10 @@ class PoolManager:
         ``PoolFullError`` at once, or after waiting up to ``timeout`` seconds, first come
         first served among ``connection()`` callers.
         """
-        if timeout is not None and (math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        count_setting("max_size", max_size, minimum=1)
+        _seconds("idle_ttl", idle_ttl)
+        if timeout is not None:
+            _seconds("timeout", timeout)
         pid = pool_id(dsn)
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = _Lease()
@@ -1049,7 +1096,7 @@ class PoolManager:
             if handle is not None:
                 return pool, handle
             try:
-                handle = psycopg2.connect(libpq_dsn(dsn))
+                handle = connect_without_secrets(libpq_dsn(dsn))
             except BaseException:
                 with cls._lock:
                     pool._reserved -= 1

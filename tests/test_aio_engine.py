@@ -1,5 +1,6 @@
-"""The asyncio runner's own rules, beyond the parity scenarios: ``close_all()`` bounded and
-cancellable, loops bound at use, claims that late tasks cannot break.
+"""The asyncio runner's own rules, beyond the parity scenarios and test_aio.py: loops bound
+at use, claims that late tasks cannot break, fork, the observer. (``close_all()`` bounded and
+cancellable, issue 10 item 6, is in test_aio.py.)
 
 Fake connections drive the rules deterministically; every test runs its own
 ``asyncio.run`` under a wall-clock bound.
@@ -9,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -19,64 +19,6 @@ from pgpool_compat.errors import PoolError
 from tests.test_aio import Factory, FakeConn, run, settle
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def test_close_all_returns_at_once_when_a_reset_never_finishes() -> None:
-    """Issue 10 item 6: a reset awaiting an event never set; the release is cancelled;
-    close_all() cancels the reset and closes the connection instead of waiting for it."""
-    factory = Factory()
-    never = asyncio.Event()
-
-    async def reset(conn: FakeConn) -> None:
-        await never.wait()
-
-    async def body() -> None:
-        pool = AsyncConnectionPool(factory, min_size=1, max_size=1, reset=reset)
-        await pool.start()
-        conn = await pool.acquire()
-        releasing = asyncio.ensure_future(pool.release(conn))
-        await settle()
-        releasing.cancel()
-        await asyncio.gather(releasing, return_exceptions=True)
-        started = time.monotonic()
-        await asyncio.wait_for(pool.close_all(), 2)
-        assert time.monotonic() - started < 1.0
-        await settle()
-        assert conn.closed, "the connection whose reset was abandoned is closed"
-        assert pool.closed and pool.pool_size == 0
-
-    run(body)
-
-
-def test_close_all_can_be_cancelled_and_still_closes_what_it_abandons() -> None:
-    factory = Factory()
-    never = asyncio.Event()
-
-    async def reset(conn: FakeConn) -> None:
-        try:
-            await never.wait()
-        except asyncio.CancelledError:
-            await never.wait()  # a badly behaved hook that ignores the first cancel
-
-    async def body() -> None:
-        pool = AsyncConnectionPool(
-            factory, min_size=1, max_size=1, reset=reset, check_timeout=0.5
-        )
-        await pool.start()
-        conn = await pool.acquire()
-        releasing = asyncio.ensure_future(pool.release(conn))
-        await settle()
-        closing = asyncio.ensure_future(pool.close_all())
-        await settle()
-        closing.cancel()  # one cancel gets the caller out at once
-        with pytest.raises(asyncio.CancelledError):
-            await closing
-        await settle()
-        assert pool.closed and conn.closed, "what close_all() abandoned is closed"
-        releasing.cancel()
-        await asyncio.gather(releasing, return_exceptions=True)
-
-    run(body)
 
 
 def test_two_loops_at_once_is_a_clear_error_and_changes_nothing() -> None:
@@ -175,3 +117,64 @@ def test_waiters_and_resets_left_behind_by_an_ended_loop_are_dropped_cleanly() -
         await pool.close_all()
 
     run(second_loop)
+
+
+def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str) -> None:
+    """Forked while the parent's loop runs: the child binds its own loop and opens its own
+    connection; the parent's idle connection is neither handed out there nor closed."""
+    import psycopg2
+
+    from tests.helpers import pid_of, scalar
+    from tests.test_fork import run_in_child
+
+    async def connect() -> Any:
+        return psycopg2.connect(pg_dsn)
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(connect, min_size=1, max_size=2)
+
+    def child() -> Dict[str, Any]:
+        async def use() -> int:
+            async with pool.connection() as conn:
+                return pid_of(conn)
+
+        return {"backend": asyncio.run(use())}
+
+    async def body() -> None:
+        async with pool:
+            async with pool.connection() as conn:
+                parent_backend = pid_of(conn)
+            result = run_in_child(child)  # forks while this loop runs
+            assert result["backend"] != parent_backend
+            async with pool.connection() as again:
+                assert again is conn and scalar(again, "SELECT 1") == 1
+
+    run(body, bound=20)
+
+
+def test_the_observer_hears_every_connect_checkout_and_borrow() -> None:
+    """Metrics' hook: created per connect, waited per served checkout (queued or not, never
+    for a timeout), used per return."""
+    heard: List[str] = []
+
+    class Observer:
+        def created(self, pool_name: str, seconds: float) -> None:
+            heard.append("created")
+
+        def waited(self, pool_name: str, seconds: float) -> None:
+            heard.append("waited")
+
+        def used(self, pool_name: str, seconds: float) -> None:
+            heard.append("used")
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(Factory(), min_size=0, max_size=1, timeout=0.05)
+        pool._runner.observer = Observer()
+        conn = await pool.acquire()  # connects: created, then waited
+        with pytest.raises(PoolError):
+            await pool.acquire()  # times out: no waited
+        await pool.release(conn)
+        await pool.release(await pool.acquire())  # the hot path
+        await pool.close_all()
+
+    run(body)
+    assert heard == ["created", "waited", "used", "waited", "used"]

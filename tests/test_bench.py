@@ -29,7 +29,7 @@ from pgpool_compat.bench.adapters import available_pools
 from pgpool_compat.bench.report import format_table, to_json
 from pgpool_compat.bench.runner import Outcome, Row, ScenarioResult, median_sample
 from pgpool_compat.bench.scenarios import SCENARIO_NAMES, percentile_us
-from tests.helpers import backend_count, wait_backend_count
+from tests.helpers import backend_count, popen_interruptible, wait_backend_count
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,7 +42,7 @@ STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)"
 def _bench_process(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PGPOOL_TEST_DSN", None)
-    return subprocess.Popen(
+    return popen_interruptible(
         [*BENCH, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

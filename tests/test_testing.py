@@ -16,7 +16,13 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import backend_count, backend_pids, terminate_backends, wait_backend_count
+from helpers import (
+    backend_count,
+    backend_pids,
+    popen_interruptible,
+    terminate_backends,
+    wait_backend_count,
+)
 
 from pgpool_compat import testing as harness
 from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
@@ -167,13 +173,25 @@ def test_taken_fixed_port_fails_clearly_and_leaves_nothing() -> None:
 
 
 def test_restart_never_moves_the_port(own_server: PostgresServer) -> None:
+    """A squatter on the port makes start() fail rather than move; once it is gone the
+    server comes back on the same port.
+
+    A client still connected across the stop leaves the server's end of its connection in
+    FIN-WAIT-2, then TIME-WAIT (the server closed first), as after many a real test:
+    binding the port then needs SO_REUSEADDR, which PostgreSQL uses too (issue 10 item 12).
+    """
     port = own_server.port
-    own_server.stop()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        with pytest.raises(RuntimeError, match="could not bind"):
-            own_server.start()
+    client = psycopg2.connect(own_server.dsn)
+    try:
+        own_server.stop()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(RuntimeError, match="could not bind"):
+                own_server.start()
+    finally:
+        client.close()
     own_server.start()
     assert own_server.port == port
     assert query(own_server.dsn, "SELECT 9") == 9
@@ -293,7 +311,7 @@ CHILD = textwrap.dedent(
 
 def run_child(how: str) -> tuple[subprocess.Popen[str], Path, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(
+    process = popen_interruptible(
         [sys.executable, "-c", CHILD, how],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -312,6 +330,29 @@ def test_owner_killed_cleans_up(signum: int) -> None:
     process.send_signal(signum)
     # Python dies of the signal either way (KeyboardInterrupt re-raises SIGINT at exit).
     assert process.wait(30) == -signum
+    assert not data_dir.exists()
+    assert refuses(dsn)
+
+
+@pytest.fixture
+def sigint_ignored() -> Any:
+    """The test run as a background job (``pytest &``) sees it: SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_tests_hold_when_the_suite_ignores_sigint(sigint_ignored: None) -> None:
+    """Issue 10 item 12: children inherit an ignored SIGINT, and the simulated Ctrl-C then
+    did nothing; the tests start their children with SIGINT at its default."""
+    process, data_dir, dsn = run_child("wait")
+    try:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == -signal.SIGINT
+    finally:
+        if process.poll() is None:
+            process.terminate()  # SIGTERM: the harness still cleans up
+            process.wait(30)
     assert not data_dir.exists()
     assert refuses(dsn)
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 import psycopg2
 from psycopg2 import extensions
 
+from ..dsn import connect as connect_without_secrets
 from .adapters import PRODUCTION_OPTIONS, available_pools
 from .report import PLOT_MISSING, format_table, plot_available, to_json, write_plot
 from .runner import Progress, run_bench, total_steps
@@ -126,7 +127,7 @@ def _load_average() -> List[float]:
 
 
 def _server_version(dsn: str) -> str:
-    conn = psycopg2.connect(dsn)
+    conn = connect_without_secrets(dsn)  # its error is printed: it must not show a password
     try:
         number = int(conn.server_version)
     finally:

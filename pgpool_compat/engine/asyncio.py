@@ -23,6 +23,7 @@ another thread is refused with ``PoolError``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from typing import Any, Dict, Generic, Hashable, List, Optional, Set, Tuple
@@ -35,7 +36,7 @@ from . import log
 from .checks import CheckPolicy
 from .core import SLOT, Core, Grant, Waiter
 from .entry import Entry
-from .stats import Figures, Observer, register, unregister
+from .stats import Figures, Observer, live_runners, register, unregister
 from .threaded import DEFAULT, UPKEEP_INTERVAL, _Keeper
 
 __all__ = ["AsyncRunner"]
@@ -187,37 +188,58 @@ class AsyncRunner(Generic[ConnT]):
     async def acquire(self, key: Hashable = None, timeout: Optional[float] = DEFAULT) -> ConnT:
         """Borrow a connection of ``key``, waiting up to ``timeout`` (the pool's setting by
         default; None: for ever; 0: not at all), then ``PoolTimeout``."""
-        self.bind()
+        if asyncio.get_running_loop() is not self._loop:
+            self.bind()
         core = self.core
         if core.closed:
             core.counters.requests_errors += 1
             raise PoolClosed()
         core.counters.requests_num += 1
         started = monotonic()
+        if self._needs_upkeep and started >= self._upkeep_due:
+            self._upkeep(started)
+        # Hot path: nobody queued, an idle connection, no check that does I/O (no await).
+        entry = None if core.waiters else core.take_idle(key, started)
+        if core.doomed:
+            self._dispose_doomed()
+        if entry is not None and not self._checks.slow:
+            probe = self._checks.probe
+            if probe is None or probe(entry.conn, entry.state):
+                if self._capture_stacks:
+                    entry.capture_stack()
+                if self.observer is not None:
+                    self.observer.waited(self.name, monotonic() - started)
+                return entry.conn  # type: ignore[no-any-return]
+            self._lost(entry, started, "socket")
+            self._drop_lent(entry)
+            entry = None
         if timeout is DEFAULT:
             timeout = self.settings.timeout
-        conn = await self._checkout(key, timeout, started)
+        conn = await self._checkout(key, timeout, started, entry)
         if self.observer is not None:  # every checkout served, queued or not
             self.observer.waited(self.name, monotonic() - started)
         return conn
 
-    async def _checkout(self, key: Hashable, timeout: Optional[float], started: float) -> ConnT:
+    async def _checkout(
+        self, key: Hashable, timeout: Optional[float], started: float, entry: Optional[Entry]
+    ) -> ConnT:
+        """The rest of ``acquire``: check ``entry`` (lent already) if given, else queue or
+        connect, until a connection passes its checks."""
         core = self.core
         now = started
         deadline = None if timeout is None else started + timeout
-        if self._needs_upkeep and now >= self._upkeep_due:
-            self._upkeep(now)
-        first = True
+        # First come, first served: a newcomer queues behind waiters of its key; after its
+        # first try it is ahead of those who came since.
+        queued_ahead = entry is None and any(waiter.key == key for waiter in core.waiters)
         while True:
-            # First come, first served: a newcomer queues behind waiters of its key.
-            queued_ahead = first and any(waiter.key == key for waiter in core.waiters)
-            first = False
-            entry = None if queued_ahead else core.take_idle(key, now)
-            if core.doomed:
-                self._dispose_doomed()
+            if entry is None and not queued_ahead:
+                entry = core.take_idle(key, now)
+                if core.doomed:
+                    self._dispose_doomed()
             if entry is None:
                 if not queued_ahead and core.reserve(key):
                     return await self._open_lent(key)
+                queued_ahead = False
                 grant = await self._wait(key, started, deadline, timeout)
                 if grant is SLOT:
                     return await self._open_lent(key)
@@ -225,12 +247,14 @@ class AsyncRunner(Generic[ConnT]):
                 entry = grant
             if await self._validate(entry, now, deadline):
                 return entry.conn  # type: ignore[no-any-return]
+            entry = None
             now = monotonic()
 
     async def release(self, conn: ConnT, discard: bool = False) -> None:
         """Give ``conn`` back; safe from a task being cancelled. It is reset (bounded by
         ``check_timeout``) if it needs it, closed if it cannot be kept or ``discard``."""
-        self.bind()
+        if asyncio.get_running_loop() is not self._loop:
+            self.bind()
         core = self.core
         # No await until the books are right: a cancelled caller still returns it.
         entry = core.out.pop(id(conn), None)
@@ -259,8 +283,10 @@ class AsyncRunner(Generic[ConnT]):
         if state:
             task = asyncio.get_running_loop().create_task(self._reset(entry))
             self._settling[task] = entry
-            # Shielded: a cancelled caller still gets its connection reset and returned.
-            await asyncio.shield(task)
+            # asyncio.wait, not await: a cancelled caller leaves the reset running (its
+            # connection is returned all the same), and a reset that close() cancels does
+            # not cancel the caller.
+            await asyncio.wait((task,))
 
     # -- other verbs -----------------------------------------------------------------------
 
@@ -309,10 +335,11 @@ class AsyncRunner(Generic[ConnT]):
             self._dispose_doomed()
         return verdicts.count(False)
 
-    async def close(self, close_borrowed: bool = True) -> None:
+    async def close(self, close_borrowed: bool = True, timeout: Optional[float] = None) -> None:
         """Close the idle connections (and the borrowed ones unless told not to), fail the
-        waiters, stop the keeper. Bounded by ``check_timeout``; cancellable (what is left
-        is closed in the background). Idempotent."""
+        waiters, stop the keeper. Waits ``timeout`` seconds at most (default
+        ``check_timeout``) for the connects, resets and closes it cancels or starts; can be
+        cancelled (what is left is closed in the background). Idempotent."""
         core = self.core
         if core.closed:
             return
@@ -331,7 +358,8 @@ class AsyncRunner(Generic[ConnT]):
         pending = [*self._opening, *self._settling, *self._disposing]
         try:
             if pending:
-                await asyncio.wait(pending, timeout=self.settings.check_timeout)
+                bound = self.settings.check_timeout if timeout is None else timeout
+                await asyncio.wait(pending, timeout=bound)
         finally:  # out of time, or the caller cancelled: abandon what is still running
             self._abandon_claims()
             log.closed(self.name)
@@ -623,6 +651,26 @@ class AsyncRunner(Generic[ConnT]):
                 for other in keys[position + 1 :]:
                     core.abandon(other)
                 raise
+
+    def _after_fork_in_child(self) -> None:
+        """Forget what the parent owns, without closing it (closing would end its sessions),
+        and the parent's loop: the child's first use binds its own."""
+        self.core.forget_all()
+        self._loop = None
+        self._opening.clear()
+        self._settling.clear()
+        self._disposing.clear()
+        self._keeper = None
+
+
+def _after_fork_in_child() -> None:
+    for runner in live_runners():
+        if isinstance(runner, AsyncRunner):
+            runner._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _keep(runner_ref: weakref.ref[AsyncRunner[Any]]) -> None:

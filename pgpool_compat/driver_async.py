@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Generic, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Generic, Hashable, Optional, TypeVar, Union
 
 import psycopg2
 
@@ -79,6 +79,21 @@ class AsyncDriver(Generic[ConnT]):
 
     async def dispose(self, conn: ConnT) -> None:
         """Close a connection; never raises."""
+
+    # Endpoint-keyed pools (generic-connection-pool) need the key to open a connection and
+    # its state to close one; every other driver ignores both through these defaults.
+
+    async def connect_to(self, key: Hashable) -> ConnT:
+        """Open a connection for sub-pool ``key`` (default: ``connect()``)."""
+        return await self.connect()
+
+    def prepare_for(self, conn: ConnT, key: Hashable) -> Any:
+        """``prepare(conn)`` for a connection of sub-pool ``key``."""
+        return self.prepare(conn)
+
+    async def dispose_with(self, conn: ConnT, state: Any) -> None:
+        """``dispose(conn)``, given the state ``prepare`` returned (never raising)."""
+        await self.dispose(conn)
 
 
 class AsyncFactoryDriver(AsyncDriver[ConnT]):

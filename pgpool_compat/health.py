@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Generic, Hashable, Iterator, List, Optional, Tuple, TypeVar
 
 import psycopg2
 from psycopg2 import extensions
@@ -73,6 +73,21 @@ class Driver(Generic[ConnT]):
 
     def dispose(self, conn: ConnT) -> None:
         """Close the connection, never raising."""
+
+    # Endpoint-keyed pools (generic-connection-pool) need the key to open a connection and
+    # its state to close one; every other driver ignores both through these defaults.
+
+    def connect_to(self, key: Hashable) -> ConnT:
+        """Open a connection for sub-pool ``key`` (default: ``connect()``)."""
+        return self.connect()
+
+    def prepare_for(self, conn: ConnT, key: Hashable) -> Any:
+        """``prepare(conn)`` for a connection of sub-pool ``key``."""
+        return self.prepare(conn)
+
+    def dispose_with(self, conn: ConnT, state: Any) -> None:
+        """``dispose(conn)``, given the state ``prepare`` returned (never raising)."""
+        self.dispose(conn)
 
 
 class SessionDefaults:

@@ -126,6 +126,7 @@ class Settings:
     background: bool = False
     sweep_batch: int = 0
     lifo: bool = True
+    refill: bool = True
     labels: Labels = field(default_factory=Labels)
 
     def __post_init__(self) -> None:

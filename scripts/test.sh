@@ -59,6 +59,32 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted_stamp" ]; then
     echo "$wanted_stamp" >"$STAMP"
 fi
 
+# nextorm and escudeiro (originals of two compat faces) need Python >= 3.12: the differential
+# tests run their scenarios in .venv-seeds, made here when a Python 3.12+ exists (else those
+# tests skip, naming what is missing).
+seeds_python() {
+    local candidate
+    for candidate in python3.13 python3.12 "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3; do
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+if [ ! -x .venv-seeds/bin/python ]; then
+    if py312=$(seeds_python); then
+        "$py312" -m venv .venv-seeds || rm -rf .venv-seeds
+    else
+        say "no Python >= 3.12: the nextorm/escudeiro differential tests will skip"
+    fi
+fi
+if [ -x .venv-seeds/bin/python ]; then
+    .venv-seeds/bin/python -m pip install -q --disable-pip-version-check -r tests/compat/originals-py312.txt \
+        || say "could not install tests/compat/originals-py312.txt in .venv-seeds"
+fi
+
 # A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries, else the embedded
 # one (pgpool_compat.testing decides, as for the bench). Exit code 3 means neither (no pgserver
 # wheel for this platform); any other failure (say, a broken import) is left for pytest.

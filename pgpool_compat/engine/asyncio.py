@@ -378,6 +378,30 @@ class AsyncRunner(Generic[ConnT]):
                 core.abandon_quietly(key)
         self._dispose_doomed()
 
+    async def close_idle(self) -> int:
+        """Close every idle connection now (awaiting the closes, bounded by
+        ``check_timeout``) and return how many; the pool stays open and borrowed connections
+        are untouched (nextorm's ``close_all()``, escudeiro's ``dispose()``)."""
+        if self.core.closed or self._loop is None:
+            return 0
+        self.bind()
+        now = monotonic()
+        batch = self.core.take_all_idle()
+        for entry in batch:
+            self.core.settled(entry, False, now)
+        self._dispose_doomed()
+        if self._disposing:
+            await asyncio.wait(list(self._disposing), timeout=self.settings.check_timeout)
+        return len(batch)
+
+    def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
+        """``(held, idle, borrowed)`` for sub-pool ``key`` (all 0 once closed)."""
+        sub = self.core.subpools.get(key)
+        if sub is None or self.core.closed:
+            return 0, 0, 0
+        idle = len(sub.idle)
+        return sub.size, idle, sub.size - idle - sub.opening
+
     def figures(self) -> Figures:
         return self.core.figures(self.name, self.kind)
 
@@ -517,8 +541,8 @@ class AsyncRunner(Generic[ConnT]):
         started = monotonic()
         conn: Any = None
         try:
-            conn = await self.driver.connect()
-            state = self.driver.prepare(conn)
+            conn = await self.driver.connect_to(key)
+            state = self.driver.prepare_for(conn, key)
         except GeneratorExit:  # collected with a loop that ended: the books moved on
             raise
         except BaseException as error:
@@ -533,7 +557,7 @@ class AsyncRunner(Generic[ConnT]):
         now = monotonic()
         if not self._claimed(task) or core.closed:
             # close() or a move to another loop took the slot back meanwhile.
-            await self.driver.dispose(conn)
+            await self.driver.dispose_with(conn, state)
             raise PoolClosed()
         entry = core.adopt(conn, state, key, now)  # DuplicateConnection: slot freed
         core.counters.connections_num += 1
@@ -581,13 +605,15 @@ class AsyncRunner(Generic[ConnT]):
         for entry in doomed:
             if loop is None or loop.is_closed():
                 continue
-            task = loop.create_task(self._dispose(entry.conn))
+            task = loop.create_task(self._dispose(entry.conn, entry.state))
             self._disposing.add(task)
             task.add_done_callback(self._disposing.discard)
 
-    async def _dispose(self, conn: Any) -> None:
+    async def _dispose(self, conn: Any, state: Any) -> None:
         try:
-            await asyncio.wait_for(self.driver.dispose(conn), self.settings.check_timeout)
+            await asyncio.wait_for(
+                self.driver.dispose_with(conn, state), self.settings.check_timeout
+            )
         except Exception as error:  # closing never fails anyone; a stuck close is cut off
             log.logger.debug("%s: closing a connection failed: %s", self.name, type(error).__name__)
 
@@ -613,7 +639,9 @@ class AsyncRunner(Generic[ConnT]):
                 alive = self._checks.probe_alive(entry)
                 if not alive:
                     self._lost(entry, now, "socket")
+                idle_since = entry.idle_since
                 core.settled(entry, alive, now)
+                entry.idle_since = idle_since  # a check is not a use: max_idle still applies
         self._upkeep(now)
         keys = [key for key in core.deficit() if core.reserve(key, evict=False)]
         for position, key in enumerate(keys):

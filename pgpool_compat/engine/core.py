@@ -85,6 +85,8 @@ class Core:
         self.max_size = settings.max_size  # per key
         self.total_max_size = settings.total_max_size
         self.min_idle = settings.min_idle  # per key
+        # False: min_idle only shields idle connections from max_idle; none is opened for it.
+        self.refill_min_idle = settings.refill
         self.idle_cap = settings.idle_cap  # per key; None: max_size
         self.lifo = settings.lifo
         self.max_idle = settings.max_idle
@@ -288,7 +290,7 @@ class Core:
     def deficit(self) -> List[Hashable]:
         """One key per connection to open to reach ``min_idle`` per key and ``min_size``."""
         wanted: List[Hashable] = []
-        if self.min_idle:
+        if self.min_idle and self.refill_min_idle:
             for sub in self.subpools.values():
                 short = self.min_idle - len(sub.idle) - sub.opening
                 wanted += [sub.key] * max(0, min(short, self.max_size - sub.size))

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol
+from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol, Tuple
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
@@ -240,6 +240,16 @@ class ThreadedRunner(Generic[ConnT]):
         with self._lock:
             return self.core.stats(pop)
 
+    def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
+        """``(held, idle, borrowed)`` for sub-pool ``key``: held counts idle, borrowed and
+        being opened or reset (all 0 once closed)."""
+        with self._lock:
+            sub = self.core.subpools.get(key)
+            if sub is None or self.core.closed:
+                return 0, 0, 0
+            idle = len(sub.idle)
+            return sub.size, idle, sub.size - idle - sub.opening
+
     @property
     def idle_count(self) -> int:
         with self._lock:
@@ -386,8 +396,8 @@ class ThreadedRunner(Generic[ConnT]):
         started = monotonic()
         conn: Any = None
         try:
-            conn = self.driver.connect()
-            state = self.driver.prepare(conn)
+            conn = self.driver.connect_to(key)
+            state = self.driver.prepare_for(conn, key)
         except BaseException as error:
             if conn is not None:
                 self.driver.dispose(conn)  # a failed prepare (configure) must not leak it
@@ -410,7 +420,7 @@ class ThreadedRunner(Generic[ConnT]):
                 else:
                     core.shelve(entry, now)
         if closed:
-            self.driver.dispose(conn)
+            self.driver.dispose_with(conn, state)
             raise PoolClosed()
         if self.observer is not None:
             self.observer.created(self.name, now - started)
@@ -468,7 +478,11 @@ class ThreadedRunner(Generic[ConnT]):
                 if not alive and index < checked:
                     self.core.counters.connections_lost += 1
                     self._checks.lost(entry, now)
+                idle_since = entry.idle_since
                 self.core.settled(entry, alive, now)
+                # A check is not a use: the idle time runs on, or max_idle never fires when
+                # the keeper probes every second.
+                entry.idle_since = idle_since
         self._dispose_doomed()
         dead = results[:checked].count(False)
         for _ in range(dead):
@@ -481,9 +495,9 @@ class ThreadedRunner(Generic[ConnT]):
         """Close what the core doomed (lock released)."""
         with self._lock:
             doomed, self.core.doomed = self.core.doomed, []
-        dispose = self.driver.dispose
+        dispose = self.driver.dispose_with
         for entry in doomed:
-            dispose(entry.conn)
+            dispose(entry.conn, entry.state)
 
     # -- upkeep ----------------------------------------------------------------------------
 

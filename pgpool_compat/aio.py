@@ -53,6 +53,7 @@ from .lifecycle import (
     seconds_setting,
     size_settings,
 )
+from .observe import Observer, PoolFigures, register
 from .records import ConnRecord
 from .stats import PoolStats
 
@@ -142,6 +143,9 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._closed = False
         self._stats = PoolStats()
+        self._timeouts = 0
+        self._observer: Optional[Observer] = None
+        register(self)
 
     def __repr__(self) -> str:
         # The factory is left out on purpose: it may close over a DSN with a password.
@@ -347,6 +351,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._stats.requests_wait_ms += (time.monotonic() - started) * 1000.0
         if not waiter.done():
             self._abandon(waiter)
+            self._timeouts += 1
             waited = time.monotonic() - started
             logger.info("async pool: checkout timed out after %.3f s", waited)
             limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
@@ -423,6 +428,8 @@ class AsyncConnectionPool(Generic[ConnT]):
         now = time.monotonic()
         self._stats.connections_num += 1
         self._stats.connections_ms += (now - started) * 1000.0
+        if self._observer is not None:
+            self._observer.created(now - started)
         return ConnRecord(conn, None, now, self._max_lifetime)
 
     def _connect_done(self, task: asyncio.Task[ConnRecord]) -> None:
@@ -533,6 +540,57 @@ class AsyncConnectionPool(Generic[ConnT]):
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None, "guarded by _check_loop()"
         return self._loop
+
+    # -- metrics (pgpool_compat.observe) ---------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """A name made from the pool's id; used in logs and metrics."""
+        return f"pool-{id(self):x}"
+
+    def _metrics_name(self) -> str:
+        return self.name
+
+    def _figures(self) -> Optional[PoolFigures]:
+        if self._closed:
+            return None
+        idle = len(self._idle)
+        return PoolFigures(
+            name=self.name,
+            idle=idle,
+            used=self._size - idle,
+            max=self._max_size,
+            idle_max=self._max_size,
+            idle_min=self._min_size,
+            pending_requests=len(self._waiters),
+            timeouts=self._timeouts,
+        )
+
+    def _set_observer(self, observer: Optional[Observer]) -> None:
+        """Time checkouts and returns by wrapping this instance's ``acquire``/``release``,
+        so that a pool without an observer runs exactly the code it ran before."""
+        self._observer = observer
+        self.__dict__.pop("acquire", None)
+        self.__dict__.pop("release", None)
+        if observer is None:
+            return
+        clock = time.monotonic
+        plain_acquire, plain_release = self.acquire, self.release
+
+        async def acquire() -> ConnT:
+            started = clock()
+            conn = await plain_acquire()
+            observer.waited(clock() - started)
+            return conn
+
+        async def release(conn: ConnT) -> None:
+            record = self._out.get(id(conn))
+            checked_out_at = None if record is None else record.checked_out_at
+            await plain_release(conn)
+            if checked_out_at is not None:
+                observer.used(clock() - checked_out_at)
+
+        vars(self).update(acquire=acquire, release=release)
 
     def _stats_dict(self, *, pop: bool) -> Dict[str, int]:
         return pool_stats(

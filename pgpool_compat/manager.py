@@ -35,6 +35,7 @@ from psycopg2.pool import PoolError
 
 from .dsn import libpq_dsn, pool_id
 from .health import Psycopg2Driver
+from .observe import Observer, PoolFigures, register, target_name
 from .options import PoolOptions
 
 __all__ = [
@@ -361,6 +362,8 @@ class Pool:
         idle_ttl: float = DEFAULT_IDLE_TTL,
         max_size: int = DEFAULT_MAX_SIZE,
         time_method: Optional[Callable[[], float]] = None,
+        *,
+        name: Optional[str] = None,
     ) -> None:
         self.connections: Dict[int, Connection] = {}
         self._id = pool_id
@@ -370,6 +373,11 @@ class Pool:
         self.time_method = time_method or time.time
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
         self._waiters: Deque[object] = deque()  # PoolManager.connection callers, oldest first
+        # For metrics: host:port/dbname when PoolManager.connection(dsn) made the pool.
+        self._name = name or pool_id
+        self._timeouts = 0  # connection(timeout=...) calls that gave up
+        self._observer: Optional[Observer] = None
+        register(self)
 
     def __contains__(self, connection: Any) -> bool:
         return id(connection) in self.connections
@@ -563,6 +571,28 @@ class Pool:
         with self._lock:
             self.max_size = size
             _CHANGED.notify_all()
+
+    def _metrics_name(self) -> str:
+        return self._name
+
+    def _figures(self) -> Optional[PoolFigures]:
+        with self._lock:
+            if PoolManager._pools.get(self.id) is not self:
+                return None  # removed or shut down
+            idle = len(self.idle_connections)
+            return PoolFigures(
+                name=self._name,
+                idle=idle,
+                used=len(self.busy_connections) + self._reserved,
+                max=self.max_size,
+                idle_max=self.max_size,
+                idle_min=0,
+                pending_requests=len(self._waiters),
+                timeouts=self._timeouts,
+            )
+
+    def _set_observer(self, observer: Optional[Observer]) -> None:
+        self._observer = observer  # PoolManager.connection() reports to it
 
     # -- internals ---------------------------------------------------------------------
 
@@ -837,13 +867,20 @@ class PoolManager:
         if timeout is not None and (math.isnan(timeout) or timeout < 0):
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         pid = pool_id(dsn)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         lease = _Lease()
         pool, handle = cls._checkout(pid, dsn, lease, max_size, idle_ttl, deadline)
+        observer = pool._observer
+        checked_out_at = time.monotonic()
+        if observer is not None:
+            observer.waited(checked_out_at - started)
         try:
             yield handle
         finally:
             cls._checkin(pid, pool, handle)
+            if observer is not None:
+                observer.used(time.monotonic() - checked_out_at)
 
     @classmethod
     def start_cleaner(cls, interval: float = DEFAULT_CLEAN_INTERVAL) -> None:
@@ -923,9 +960,10 @@ class PoolManager:
         """Take or open a connection of pool ``pid`` for ``lease``; the connect happens
         with the lock released, on a slot reserved beforehand."""
         while True:
-            pool, handle = cls._take_turn(pid, lease, max_size, idle_ttl, deadline)
+            pool, handle = cls._take_turn(pid, dsn, lease, max_size, idle_ttl, deadline)
             if handle is not None:
                 return pool, handle
+            connect_started = time.monotonic()
             try:
                 handle = psycopg2.connect(libpq_dsn(dsn))
             except BaseException:
@@ -933,6 +971,8 @@ class PoolManager:
                     pool._reserved -= 1
                     _CHANGED.notify_all()
                 raise
+            if pool._observer is not None:
+                pool._observer.created(time.monotonic() - connect_started)
             with cls._lock:
                 pool._reserved -= 1
                 if cls._pools.get(pid) is pool:
@@ -947,6 +987,7 @@ class PoolManager:
     def _take_turn(
         cls,
         pid: str,
+        dsn: str,
         lease: _Lease,
         max_size: int,
         idle_ttl: float,
@@ -961,7 +1002,8 @@ class PoolManager:
                 while True:
                     pool = cls._pools.get(pid)
                     if pool is None:
-                        pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size)
+                        name = target_name((libpq_dsn(dsn),), {})
+                        pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size, name=name)
                     if not pool._waiters or pool._waiters[0] is ticket:
                         pool.clean()
                         try:
@@ -972,6 +1014,8 @@ class PoolManager:
                                 return pool, None
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is None or remaining <= 0:
+                        if remaining is not None:
+                            pool._timeouts += 1
                         raise PoolFullError(pid)
                     if queued_in is not pool:
                         pool._waiters.append(ticket)

@@ -31,6 +31,10 @@ POOLS: Dict[str, str] = {
         "import pgpool_compat as m; p = m.ThreadedConnectionPool(1, 4, dsn, pool_timeout=30, "
         "pool_max_idle=300, pool_max_lifetime=3600)"
     ),
+    "pgpool_compat metrics on": (
+        "import pgpool_compat as m; from pgpool_compat.metrics import observe_alone; "
+        "p = m.ThreadedConnectionPool(1, 4, dsn); observe_alone(p)"
+    ),
 }
 
 CHILD = """

@@ -590,7 +590,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             if checked_out_at is not None:
                 observer.used(clock() - checked_out_at)
 
-        vars(self).update(acquire=acquire, release=release)
+        self.__dict__.update(acquire=acquire, release=release)
 
     def _stats_dict(self, *, pop: bool) -> Dict[str, int]:
         return pool_stats(

@@ -97,12 +97,14 @@ class _Histogram:
 
 
 class _PoolObserver:
-    """One pool's observer: keeps histograms for Prometheus, records to OpenTelemetry."""
+    """One pool's observer: keeps histograms for Prometheus, records to OpenTelemetry
+    (``otel``, else the instruments of ``instrument()``, if any)."""
 
-    __slots__ = ("attributes", "create", "name", "use", "wait")
+    __slots__ = ("attributes", "create", "name", "otel", "use", "wait")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, otel: Optional[_OpenTelemetry] = None) -> None:
         self.name = name
+        self.otel = otel
         self.attributes = {POOL_NAME: name}
         self.create = _Histogram()
         self.wait = _Histogram()
@@ -110,25 +112,39 @@ class _PoolObserver:
 
     def created(self, seconds: float) -> None:
         self.create.add(seconds)
-        otel = _otel
+        otel = self.otel or _otel
         if otel is not None:
             otel.histograms["create_time"].record(seconds, self.attributes)
 
     def waited(self, seconds: float) -> None:
         self.wait.add(seconds)
-        otel = _otel
+        otel = self.otel or _otel
         if otel is not None:
             otel.histograms["wait_time"].record(seconds, self.attributes)
 
     def used(self, seconds: float) -> None:
         self.use.add(seconds)
-        otel = _otel
+        otel = self.otel or _otel
         if otel is not None:
             otel.histograms["use_time"].record(seconds, self.attributes)
 
 
 def _observer_for(pool: Observed) -> _PoolObserver:
     return _PoolObserver(pool._metrics_name())
+
+
+def observe_alone(pool: Observed) -> Any:
+    """Record ``pool``'s durations, and only its, to a private OpenTelemetry SDK meter
+    provider with an in-memory reader, which is returned. For the bench's "metrics on" row:
+    the full cost of metrics on that pool, without instrumenting the pools it is compared to.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    otel = _OpenTelemetry(MeterProvider(metric_readers=[reader]))
+    pool._set_observer(_PoolObserver(pool._metrics_name(), otel))
+    return reader
 
 
 def _observers() -> Iterator[_PoolObserver]:

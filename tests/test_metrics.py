@@ -280,9 +280,10 @@ def test_manager_pool(reader: InMemoryMetricReader, own_database: str) -> None:
     name = f"{params.get('host', 'localhost')}:{params.get('port', '5432')}/{params['dbname']}"
     try:
         with PoolManager.connection(dsn, max_size=1):
-            with pytest.raises(pgpool_compat.PoolFullError):
-                with PoolManager.connection(dsn, timeout=0.05):
-                    pass
+            with pytest.raises(pgpool_compat.PoolFullError), PoolManager.connection(
+                dsn, timeout=0.05
+            ):
+                pass
             time.sleep(HOLD)
             reading = Reading(reader)
             assert gauges(reading, name) == {

@@ -1,14 +1,26 @@
 """Exceptions shared by every pool kind.
 
 ``PoolError`` is psycopg2's own class, so ``except psycopg2.pool.PoolError`` and
-``except pgpool_compat.PoolError`` catch the same errors.
+``except pgpool_compat.PoolError`` catch the same errors. The engine raises the subclasses
+below; each face translates them into its own library's classes where those differ.
 """
 
 from __future__ import annotations
 
 from psycopg2.pool import PoolError
 
-__all__ = ["PoolError", "PoolTimeout", "PoolTimeoutError"]
+__all__ = [
+    "CLOSED_MESSAGE",
+    "DuplicateConnection",
+    "NotBorrowed",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "PoolTimeoutError",
+]
+
+#: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
+CLOSED_MESSAGE = "connection pool is closed"
 
 
 class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs
@@ -21,3 +33,19 @@ class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs
 
 #: The name the factory-based pools use; one class, two names.
 PoolTimeoutError = PoolTimeout
+
+
+class PoolClosed(PoolError):  # type: ignore[misc]
+    """The pool was closed: nothing can be borrowed from or returned to it."""
+
+    def __init__(self, message: str = CLOSED_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class NotBorrowed(PoolError):  # type: ignore[misc]
+    """An object given back that this pool did not lend, or that was already given back."""
+
+
+class DuplicateConnection(PoolError):  # type: ignore[misc]
+    """The factory returned an object the pool already holds (a shared client, ``None``):
+    handing it out would give one object to two borrowers."""

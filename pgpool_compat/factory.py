@@ -1,74 +1,34 @@
-"""``ConnectionPool``: the ThreadedConnectionPool engine pooling whatever a factory makes.
+"""``ConnectionPool``: a thread-safe pool of whatever a factory makes, on the engine.
 
-Not a second pool: the engine talks to connections only through a ``Driver``, so pooling
-sockets, clients or psycopg 3 connections is a driver built from the user's callables.
-Fair waiting, lifetimes, idle expiry, checks, reset-on-return and stats are the engine's.
+A thin face: it validates its keywords (errors name them), builds one ``Settings`` and a
+``FactoryDriver`` from the user's callables, and forwards to the threaded runner, which owns
+waiting, expiry, checks, reset, upkeep and stats. It is not a psycopg2.pool class: one
+vocabulary (``acquire``/``release``/``close_all``), and ``timeout=None`` waits for ever.
 """
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Generic, Hashable, Iterator, Optional, Tuple, TypeVar
+from contextlib import contextmanager, suppress
+from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
 
-from .errors import PoolError
-from .health import Driver
-from .lifecycle import (
-    MAX_SECONDS,
-    callable_setting,
-    default_releaser,
-    flag_setting,
-    prefill_count,
-    seconds_setting,
-    size_settings,
+from .driver import FactoryDriver
+from .engine.stats import Figures
+from .engine.threaded import ThreadedRunner
+from .errors import PoolClosed
+from .settings import (
+    Settings,
+    check_callable,
+    check_flag,
+    check_seconds,
+    check_size,
 )
-from .options import PoolOptions
-from .pool import ThreadedConnectionPool
 
 __all__ = ["ConnectionPool", "FactoryDriver"]
-
-logger = logging.getLogger("pgpool_compat")
 
 ConnT = TypeVar("ConnT")
 
 
-class FactoryDriver(Driver[ConnT]):
-    """Connections from user callables: ``factory()`` opens, ``reset(conn)`` runs on every
-    return, ``releaser(conn)`` closes (default: ``conn.close()`` if there is one).
-
-    There is no zero-round-trip probe for an unknown kind of connection, so liveness is the
-    pool's ``check`` callable, which the engine runs with its lock released.
-    """
-
-    def __init__(
-        self,
-        factory: Callable[[], ConnT],
-        releaser: Optional[Callable[[ConnT], Any]] = None,
-        reset: Optional[Callable[[ConnT], Any]] = None,
-    ) -> None:
-        self._factory = factory
-        self._releaser: Callable[[ConnT], Any] = releaser or default_releaser
-        self._reset = reset
-
-    def connect(self) -> ConnT:
-        return self._factory()
-
-    def return_state(self, conn: ConnT) -> Optional[bool]:
-        # True makes the engine call reset() on every return, outside its lock.
-        return self._reset is not None
-
-    def reset(self, conn: ConnT, state: Any) -> None:
-        if self._reset is not None:
-            self._reset(conn)
-
-    def dispose(self, conn: ConnT) -> None:
-        try:
-            self._releaser(conn)
-        except Exception as error:  # closing must never fail the caller
-            logger.debug("error releasing a connection: %s", type(error).__name__)
-
-
-class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
+class ConnectionPool(Generic[ConnT]):
     """A thread-safe pool of whatever ``factory()`` returns.
 
     Opens ``min_size`` connections at once and never holds more than ``max_size``.
@@ -76,15 +36,14 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
     served, then raises ``PoolTimeoutError`` (``None``: wait as long as it takes; ``0``:
     fail at once). ``check(conn) -> bool`` runs before an idle connection is handed out
     (a false result or an exception discards it and the next is tried); ``reset(conn)`` runs
-    on return (an exception discards the connection, never the slot); ``releaser(conn)``
-    closes one. Returned connections stay open up to ``max_size``; ``max_idle`` closes those
-    idle longer, never going below ``min_size``; ``max_lifetime`` retires connections older
-    than that, less up to 10% random jitter. ``lifo=False`` reuses the longest-idle first.
+    on return (an exception discards the connection, never the slot); ``configure(conn)``
+    once per new connection; ``releaser(conn)`` closes one (default: ``conn.close()``).
+    Returned connections stay open up to ``max_size``; ``max_idle`` closes those idle longer,
+    never going below ``min_size``; ``max_lifetime`` retires connections older than that,
+    less up to 10% random jitter. ``lifo=False`` reuses the longest-idle first.
+    ``leak_timeout`` warns (with the borrower's stack) about connections held longer;
+    ``background=True`` runs a keeper thread that refills to ``min_size`` and trims.
     """
-
-    # Generic pools keep what is returned up to max_size (psycopg2.pool's cap of minconn
-    # idle would churn connections); max_idle is what shrinks the pool.
-    _keep_idle_up_to_maxconn = True
 
     def __init__(
         self,
@@ -96,81 +55,137 @@ class ConnectionPool(ThreadedConnectionPool, Generic[ConnT]):
         releaser: Optional[Callable[[ConnT], Any]] = None,
         check: Optional[Callable[[ConnT], Any]] = None,
         reset: Optional[Callable[[ConnT], Any]] = None,
+        configure: Optional[Callable[[ConnT], Any]] = None,
         max_idle: Optional[float] = None,
         max_lifetime: Optional[float] = None,
+        leak_timeout: Optional[float] = None,
+        background: bool = False,
         lifo: bool = True,
+        name: Optional[str] = None,
     ) -> None:
-        # Validated here so errors name our keywords, not the engine's pool_* ones.
-        min_size, max_size = size_settings(min_size, max_size)
-        wait = seconds_setting("timeout", timeout, allow_zero=True)
-        self._factory_driver: FactoryDriver[ConnT] = FactoryDriver(
-            callable_setting("factory", factory, required=True),
-            releaser=callable_setting("releaser", releaser),
-            reset=callable_setting("reset", reset),
+        check_size("min_size", min_size)
+        check_size("max_size", max_size, minimum=1)
+        if min_size > max_size:
+            raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        settings = Settings(
+            name=name,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=check_seconds("timeout", timeout, allow_zero=True),
+            check=check_callable("check", check),
+            max_idle=check_seconds("max_idle", max_idle, allow_zero=False),
+            max_lifetime=check_seconds("max_lifetime", max_lifetime, allow_zero=False),
+            leak_timeout=check_seconds("leak_timeout", leak_timeout, allow_zero=False),
+            background=check_flag("background", background),
+            lifo=check_flag("lifo", lifo),
         )
-        super().__init__(
-            min_size,
-            max_size,
-            pool_timeout=MAX_SECONDS if wait is None else wait,
-            pool_check=callable_setting("check", check),
-            pool_max_idle=seconds_setting("max_idle", max_idle, allow_zero=False),
-            pool_max_lifetime=seconds_setting("max_lifetime", max_lifetime, allow_zero=False),
-            pool_lifo=flag_setting("lifo", lifo),
+        driver: FactoryDriver[ConnT] = FactoryDriver(
+            check_callable("factory", factory, required=True),
+            releaser=check_callable("releaser", releaser),
+            reset=check_callable("reset", reset),
+            configure=check_callable("configure", configure),
         )
+        self._runner: ThreadedRunner[ConnT] = ThreadedRunner(
+            settings, driver, kind=type(self).__name__
+        )
+        # Hot path: the runner's own methods, one call frame fewer per checkout and return
+        # (unless a subclass overrides them).
+        if type(self).acquire is ConnectionPool.acquire:
+            self.acquire = self._runner.acquire  # type: ignore[method-assign]
+        if type(self).release is ConnectionPool.release:
+            self.release = self._runner.release  # type: ignore[method-assign]
+        try:
+            self._runner.prefill()
+        except BaseException:
+            self._runner.close()
+            raise
 
-    def _new_driver(
-        self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions
-    ) -> Driver[Any]:
-        return self._factory_driver
+    # -- borrowing -------------------------------------------------------------------------
+
+    def acquire(self) -> ConnT:
+        """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``)."""
+        return self._runner.acquire()
+
+    def release(self, conn: ConnT) -> None:
+        """Give a borrowed connection back (``reset`` runs, unless it is past its lifetime).
+
+        A connection this pool did not lend, or one given back twice, raises ``PoolError``
+        and changes nothing; after ``close_all()`` a returned connection is already closed.
+        """
+        self._runner.release(conn)
+
+    @contextmanager
+    def connection(self) -> Iterator[ConnT]:
+        """``with pool.connection() as conn:`` borrows and always gives back.
+
+        It neither commits nor rolls back: a generic connection may have no transactions.
+        Use ``reset`` for clean-up on return.
+        """
+        conn = self._runner.acquire()
+        try:
+            yield conn
+        finally:
+            with suppress(PoolClosed):  # close_all() ran meanwhile and already closed it
+                self._runner.release(conn)
+
+    # -- the rest --------------------------------------------------------------------------
+
+    def prefill(self, n: Optional[int] = None) -> None:
+        """Open connections until the pool holds ``n`` (default ``min_size``, at most
+        ``max_size``). A connect error is raised; connections already opened stay."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
+        self._runner.prefill(n)
+
+    def check(self) -> int:
+        """Run ``check`` on every idle connection now and close the failing ones; return
+        how many were closed."""
+        return self._runner.check()
+
+    def close_all(self) -> None:
+        """Close every connection, idle or borrowed, and fail the waiters; idempotent."""
+        self._runner.close()
+
+    def __enter__(self) -> ConnectionPool[ConnT]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._runner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._runner.closed
+
+    @property
+    def name(self) -> str:
+        """``name``, or one made from the pool's id; every log line starts with it."""
+        return self._runner.name
 
     @property
     def pool_size(self) -> int:
         """Connections the pool holds: idle, borrowed, and being opened or reset (0 once
         closed)."""
-        with self._engine_lock:
-            return self._size_and_idle()[0]
+        return self._runner.size
 
     @property
     def idle_count(self) -> int:
         """Connections ready to be handed out at once (0 once closed)."""
-        with self._engine_lock:
-            return self._size_and_idle()[1]
+        return self._runner.idle_count
 
-    def acquire(self) -> ConnT:
-        """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``)."""
-        conn: ConnT = self.getconn()
-        return conn
+    def get_stats(self) -> Dict[str, int]:
+        """Gauges and counters, with psycopg_pool's key names."""
+        return self._runner.stats()
 
-    def release(self, conn: ConnT) -> None:
-        """Give a borrowed connection back (``reset`` runs, unless it is past its lifetime)."""
-        self.putconn(conn)
+    def pop_stats(self) -> Dict[str, int]:
+        """Like ``get_stats()``, then zero the counters."""
+        return self._runner.stats(pop=True)
 
-    @contextmanager
-    def connection(self, key: Optional[Hashable] = None) -> Iterator[ConnT]:
-        """``with pool.connection() as conn:`` borrows and always gives back.
+    def figures(self) -> Figures:
+        """The gauges metrics export."""
+        return self._runner.figures()
 
-        Unlike ThreadedConnectionPool's, it neither commits nor rolls back: a generic
-        connection may have no transactions. Use ``reset`` for clean-up on return.
-        """
-        conn: ConnT = self.getconn(key)
-        try:
-            yield conn
-        finally:
-            try:
-                self.putconn(conn, key)
-            except PoolError:
-                if not self.closed:
-                    raise  # a closed pool already closed the connection: nothing to return
-
-    def prefill(self, n: Optional[int] = None) -> None:
-        """Open connections until the pool holds ``n`` (default ``min_size``, at most
-        ``max_size``). A connect error is raised; connections already opened stay."""
-        self._refill(prefill_count(n, self.minconn))
-
-    def close_all(self) -> None:
-        """Close every connection, idle or borrowed, and fail the waiters; idempotent."""
-        try:
-            self.closeall()
-        except PoolError:
-            if not self.closed:
-                raise
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"size={self.pool_size} idle={self.idle_count}"
+        return f"<{type(self).__name__} {self.name!r} {state}>"

@@ -12,12 +12,13 @@ import time
 from typing import Any, Callable, List, Optional
 
 import psycopg2
+import psycopg2.pool
 import pytest
 
+from pgpool_compat.engine.stats import COUNTER_KEYS, GAUGE_KEYS
+from pgpool_compat.engine.threaded import ThreadedRunner
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.factory import ConnectionPool, FactoryDriver
-from pgpool_compat.pool import ThreadedConnectionPool
-from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
 from tests.helpers import backend_pids, terminate_backends
 
 pytestmark = pytest.mark.timeout(30)
@@ -82,15 +83,16 @@ def wait_until(condition: Callable[[], bool], bound: float = 5.0) -> None:
 # -- the engine, reused -------------------------------------------------------------------------
 
 
-def test_it_is_the_threaded_engine_with_a_factory_driver() -> None:
+def test_it_is_the_threaded_runner_with_a_factory_driver_not_a_psycopg2_pool() -> None:
     factory = Factory()
     pool = ConnectionPool(factory, min_size=2, max_size=4)
     try:
-        assert isinstance(pool, ThreadedConnectionPool)
-        assert isinstance(pool._driver, FactoryDriver)
-        # No second implementation of the hot paths: they are the engine's own.
-        for name in ("getconn", "putconn", "_getconn", "_putconn", "closeall", "get_stats"):
-            assert name not in ConnectionPool.__dict__
+        assert not isinstance(pool, psycopg2.pool.AbstractConnectionPool)
+        assert isinstance(pool._runner, ThreadedRunner)
+        assert isinstance(pool._runner.driver, FactoryDriver)
+        # One vocabulary: none of psycopg2.pool's names.
+        for name in ("getconn", "putconn", "closeall", "minconn", "maxconn"):
+            assert not hasattr(pool, name)
         assert (pool.pool_size, pool.idle_count) == (2, 2)
         assert len(factory.made) == 2
         conn = pool.acquire()
@@ -247,7 +249,7 @@ def test_lifetime_expires_and_is_jittered() -> None:
         pool.release(second)
     with ConnectionPool(Factory(), min_size=40, max_size=40, max_lifetime=100) as pool:
         # White-box: the engine's records hold the deadlines the jitter is about.
-        lifetimes = [rec.expires_at - rec.created_at for rec in pool._records.values()]
+        lifetimes = [rec.expires_at - rec.created_at for rec in pool._runner.core.entries.values()]
     assert len(lifetimes) == 40
     assert all(90.0 <= lifetime <= 100.0 for lifetime in lifetimes)
     assert len(set(lifetimes)) > 30

@@ -1,0 +1,404 @@
+"""The pool's state machine: every decision, no I/O, no lock, no await.
+
+A runner (``threaded``, ``asyncio``) calls it under its own lock or on its loop, does the
+I/O the decisions call for (connect, probe, reset, dispose) with no lock held, and reports
+the outcome back. The books:
+
+- per key (an endpoint; ``None`` for single-key pools) a ``SubPool``: its idle entries, newest
+  last, and how many connections of that key the pool holds (idle, borrowed, being opened or
+  reset);
+- ``out``: borrowed entries by ``id(conn)`` (identity: a connection is never hashed, tagged or
+  wrapped, and the entry keeps it alive so the id cannot be reused);
+- ``waiters``: one first-come-first-served queue; a waiter's ``offer()`` says whether it took
+  what it was offered, so one that timed out in the same instant is simply skipped;
+- ``doomed``: entries to dispose, which the runner closes once its lock is released.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, Dict, Hashable, List, Optional, Union
+
+from ..errors import DuplicateConnection, NotBorrowed, PoolClosed
+from ..settings import Settings
+from .entry import Entry
+from .stats import Counters, Figures
+
+__all__ = ["SLOT", "Core", "Grant", "Slot", "SubPool", "Waiter"]
+
+
+class Slot:
+    """A grant meaning: a slot is reserved for you, open the connection yourself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SLOT"
+
+
+SLOT = Slot()
+
+#: What a waiter is offered: a connection already booked to it, a slot, or an error.
+Grant = Union[Entry, Slot, BaseException]
+
+
+class Waiter:
+    """A caller queued for a connection of ``key``. Runners subclass it with their own way
+    of waking the caller; the core only calls ``offer()``."""
+
+    __slots__ = ("enqueued_at", "key")
+
+    def __init__(self, key: Hashable, now: float) -> None:
+        self.key = key
+        self.enqueued_at = now
+
+    def offer(self, grant: Grant) -> bool:
+        """Hand ``grant`` over; return False (refusing it) if the caller already gave up."""
+        raise NotImplementedError
+
+
+class SubPool:
+    """The connections of one key: idle ones (newest last) and how many are held."""
+
+    __slots__ = ("idle", "key", "opening", "size")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.idle: List[Entry] = []
+        self.size = 0  # idle + borrowed + being opened or reset, of this key
+        self.opening = 0  # reserved slots whose connection is not open yet
+
+
+class Core:
+    """One pool's books and rules. ``min_size``, ``max_size``, ``total_max_size``,
+    ``min_idle`` and ``idle_cap`` are live: a runner may change them at any time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.min_size = settings.min_size
+        self.max_size = settings.max_size  # per key
+        self.total_max_size = settings.total_max_size
+        self.min_idle = settings.min_idle  # per key
+        self.idle_cap = settings.idle_cap  # per key; None: max_size
+        self.lifo = settings.lifo
+        self.max_idle = settings.max_idle
+        self.max_lifetime = settings.max_lifetime
+        self.may_go_stale = settings.max_idle is not None or settings.max_lifetime is not None
+        self.subpools: Dict[Hashable, SubPool] = {}
+        self.entries: Dict[int, Entry] = {}  # every connection held, by id(conn)
+        self.out: Dict[int, Entry] = {}  # borrowed, by id(conn)
+        self.inherited: Dict[int, Any] = {}  # borrowed when the process forked, by id
+        self.size = 0  # connections held over all keys, incl. slots being opened
+        self.opening = 0
+        self.settling = 0  # taken out of the books for I/O (reset, check), still counted
+        self.waiters: Deque[Waiter] = deque()
+        self.doomed: List[Entry] = []
+        self.closed = False
+        self.counters = Counters()
+        self.timeouts = 0  # never popped: metrics export it as a monotonic counter
+
+    # -- checkout --------------------------------------------------------------------------
+
+    def take_idle(self, key: Hashable, now: float) -> Optional[Entry]:
+        """Lend an idle connection of ``key`` (the newest, or the oldest when not lifo);
+        stale ones met on the way are doomed."""
+        sub = self.subpools.get(key)
+        if sub is None:
+            return None
+        idle = sub.idle
+        while idle:
+            entry = idle.pop() if self.lifo else idle.pop(0)
+            if self.may_go_stale and self._stale(entry, now, len(idle) + 1):
+                self._doom(entry, sub)
+                self.offer_slot()
+                continue
+            self.out[id(entry.conn)] = entry
+            entry.checked_out_at = now
+            return entry
+        return None
+
+    def reserve(self, key: Hashable, *, evict: bool = True) -> bool:
+        """Count a slot for a new connection of ``key`` if both caps allow it. At the total
+        cap, the oldest idle connection of another key is doomed to make room (``evict``)."""
+        sub = self.subpools.get(key)
+        if sub is None:
+            sub = self.subpools[key] = SubPool(key)
+        if sub.size >= self.max_size:
+            return False
+        at_total_cap = self.total_max_size is not None and self.size >= self.total_max_size
+        if at_total_cap and not (evict and self._evict_idle(key)):
+            return False
+        sub.size += 1
+        sub.opening += 1
+        self.size += 1
+        self.opening += 1
+        return True
+
+    def lend(self, entry: Entry, now: float) -> None:
+        """Book ``entry`` as borrowed."""
+        self.out[id(entry.conn)] = entry
+        entry.checked_out_at = now
+
+    def adopt(self, conn: Any, state: Any, key: Hashable, now: float) -> Entry:
+        """A reserved slot got its connection: its entry, counted but neither idle nor lent.
+
+        Raises ``DuplicateConnection`` (the slot freed, ``conn`` left alone: someone else
+        holds it) when the pool already holds that very object.
+        """
+        sub = self.subpools[key]
+        sub.opening -= 1
+        self.opening -= 1
+        if id(conn) in self.entries:
+            sub.size -= 1
+            self.size -= 1
+            self.offer_slot()
+            raise DuplicateConnection(
+                "the factory returned an object this pool already holds (a shared client, "
+                f"None?): {type(conn).__name__} objects must be distinct; slot freed"
+            )
+        entry = Entry(conn, state, key, now, self.max_lifetime)
+        self.entries[id(conn)] = entry
+        return entry
+
+    def abandon(self, key: Hashable) -> None:
+        """A reserved slot will not get a connection (the connect failed or was cancelled)."""
+        sub = self.subpools[key]
+        sub.opening -= 1
+        sub.size -= 1
+        self.opening -= 1
+        self.size -= 1
+        self.offer_slot()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def enqueue(self, waiter: Waiter) -> None:
+        self.waiters.append(waiter)
+
+    def withdraw(self, waiter: Waiter) -> bool:
+        """Forget a waiter that gave up; False if it was no longer queued (served)."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return False
+        return True
+
+    # -- return ----------------------------------------------------------------------------
+
+    def take_back(self, conn: Any) -> Entry:
+        """The entry of a borrowed connection, taken off the borrowed books."""
+        entry = self.out.pop(id(conn), None)
+        if entry is None:
+            raise NotBorrowed(
+                f"this {type(conn).__name__} was not borrowed from this pool, or was "
+                "returned already; nothing was changed"
+            )
+        return entry
+
+    def shelve(self, entry: Entry, now: float) -> None:
+        """A usable connection neither idle nor lent: to the oldest waiter of its key, else
+        idle; doomed if the pool is closed, it is past its lifetime, or idle ones are at
+        the cap."""
+        sub = self.subpools[entry.key]
+        if self.closed:
+            self._doom(entry, sub)
+            return
+        if entry.expires_at is not None and now >= entry.expires_at:
+            self.drop(entry)
+            return
+        if self.waiters and self._hand_to_waiter(entry, now):
+            return
+        cap = self.max_size if self.idle_cap is None else self.idle_cap
+        if len(sub.idle) + self.settling >= cap:
+            self.drop(entry)
+            return
+        entry.idle_since = now
+        sub.idle.append(entry)
+
+    def drop(self, entry: Entry) -> None:
+        """Doom a connection that is neither idle nor borrowed; its slot goes to a waiter."""
+        self._doom(entry, self.subpools[entry.key])
+        self.offer_slot()
+
+    def hold(self, entry: Entry) -> None:
+        """``entry`` (off the books) goes through I/O (reset, check) before it is shelved."""
+        self.settling += 1
+
+    def settled(self, entry: Entry, usable: bool, now: float) -> None:
+        """The I/O begun with ``hold()`` ended: shelve the entry if usable, else drop it."""
+        self.settling -= 1
+        if usable:
+            entry.last_good = now
+            self.shelve(entry, now)
+        else:
+            self.drop(entry)
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def take_all_idle(self, key: Hashable = None, every_key: bool = True) -> List[Entry]:
+        """Take idle entries off the books for a check (each held, see ``hold``)."""
+        subs = self.subpools.values() if every_key else [self.subpools.get(key)]
+        taken: List[Entry] = []
+        for sub in subs:
+            if sub is not None:
+                taken += sub.idle
+                sub.idle.clear()  # in place: the list object is the sub-pool's for good
+        self.settling += len(taken)
+        return taken
+
+    def sweep(self, now: float, batch: int = 0) -> None:
+        """Doom idle connections past their lifetime or idle past ``max_idle`` (never below
+        ``min_size`` overall or ``min_idle`` per key), oldest first, at most ``batch``
+        (0: no limit)."""
+        if not self.may_go_stale:
+            return
+        dropped = 0
+        for sub in self.subpools.values():
+            keep: List[Entry] = []
+            idle = sub.idle
+            for position, entry in enumerate(idle):
+                left = len(idle) - position  # this one and the newer ones
+                if (not batch or dropped < batch) and self._stale(entry, now, len(keep) + left):
+                    self._doom(entry, sub)
+                    dropped += 1
+                else:
+                    keep.append(entry)
+            idle[:] = keep
+        for _ in range(dropped):
+            self.offer_slot()
+
+    def deficit(self) -> List[Hashable]:
+        """One key per connection to open to reach ``min_idle`` per key and ``min_size``."""
+        wanted: List[Hashable] = []
+        if self.min_idle:
+            for sub in self.subpools.values():
+                short = self.min_idle - len(sub.idle) - sub.opening
+                wanted += [sub.key] * max(0, min(short, self.max_size - sub.size))
+        missing = self.min_size - self.size - len(wanted)
+        if missing > 0:
+            default = self.subpools.get(None)
+            room = self.max_size - (default.size if default is not None else 0)
+            wanted += [None] * min(missing, room)
+        return wanted
+
+    def leaks(self, now: float, limit: float) -> List[Entry]:
+        """Borrowed entries out longer than ``limit`` not reported yet (now marked)."""
+        found = []
+        for entry in self.out.values():
+            if not entry.leak_reported and now - entry.checked_out_at > limit:
+                entry.leak_reported = True
+                found.append(entry)
+        return found
+
+    def close(self, close_borrowed: bool) -> None:
+        """Doom the idle connections (and the borrowed ones if asked); fail every waiter."""
+        self.closed = True
+        for sub in self.subpools.values():
+            for entry in sub.idle:
+                self._doom(entry, sub)
+            sub.idle.clear()
+        if close_borrowed:
+            for entry in self.out.values():
+                self._doom(entry, self.subpools[entry.key])
+            self.out.clear()
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            waiter.offer(PoolClosed())
+
+    def forget_all(self) -> None:
+        """In a forked child: drop every book without closing anything (the connections
+        are the parent's); borrowed ones are remembered so returning one is a no-op."""
+        self.inherited.update((key, entry.conn) for key, entry in self.out.items())
+        self.subpools.clear()
+        self.entries.clear()
+        self.out.clear()
+        self.waiters.clear()
+        self.doomed.clear()
+        self.size = self.opening = self.settling = 0
+
+    def figures(self, name: str, kind: str) -> Figures:
+        idle = sum(len(sub.idle) for sub in self.subpools.values())
+        used = len(self.out)
+        size = 0 if self.closed else self.size
+        return Figures(
+            name=name,
+            kind=kind,
+            idle=0 if self.closed else idle,
+            used=used,
+            opening=max(0, size - idle - used),
+            size=size,
+            max=self.max_size if self.total_max_size is None else self.total_max_size,
+            idle_max=self.max_size if self.idle_cap is None else self.idle_cap,
+            idle_min=self.min_size,
+            pending=len(self.waiters),
+            timeouts=self.timeouts,
+        )
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(sub.idle) for sub in self.subpools.values())
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _stale(self, entry: Entry, now: float, idle_of_key: int) -> bool:
+        """Past its lifetime, or idle past ``max_idle`` with more than the minimum open
+        (``idle_of_key``: idle connections of its key, this one included)."""
+        if entry.expires_at is not None and now >= entry.expires_at:
+            return True
+        max_idle = self.max_idle
+        return (
+            max_idle is not None
+            and now - entry.idle_since > max_idle
+            and self.size > self.min_size
+            and idle_of_key > self.min_idle
+        )
+
+    def _doom(self, entry: Entry, sub: SubPool) -> None:
+        """Off every book, to be disposed by the runner; the slot is not offered."""
+        self.entries.pop(id(entry.conn), None)
+        sub.size -= 1
+        self.size -= 1
+        self.doomed.append(entry)
+
+    def _hand_to_waiter(self, entry: Entry, now: float) -> bool:
+        """Lend ``entry`` to the oldest waiter of its key that accepts it."""
+        key = entry.key
+        for waiter in [w for w in self.waiters if w.key == key]:
+            self.waiters.remove(waiter)
+            self.lend(entry, now)
+            if waiter.offer(entry):
+                return True
+            del self.out[id(entry.conn)]
+        return False
+
+    def offer_slot(self) -> None:
+        """Room for one more connection (or a cap grew): reserve a slot for the oldest
+        waiter it fits."""
+        if not self.waiters or self.closed:
+            return
+        for waiter in list(self.waiters):
+            if not self.reserve(waiter.key, evict=True):
+                continue
+            self.waiters.remove(waiter)
+            if waiter.offer(SLOT):
+                return
+            self.abandon_quietly(waiter.key)
+
+    def abandon_quietly(self, key: Hashable) -> None:
+        """Undo a ``reserve()`` without offering the slot on (the caller does)."""
+        sub = self.subpools[key]
+        sub.opening -= 1
+        sub.size -= 1
+        self.opening -= 1
+        self.size -= 1
+
+    def _evict_idle(self, key: Hashable) -> bool:
+        """Doom the oldest idle connection of another key; False if there is none."""
+        oldest: Optional[SubPool] = None
+        for sub in self.subpools.values():
+            if sub.key == key or not sub.idle:
+                continue
+            if oldest is None or sub.idle[0].idle_since < oldest.idle[0].idle_since:
+                oldest = sub
+        if oldest is None:
+            return False
+        self._doom(oldest.idle.pop(0), oldest)
+        return True

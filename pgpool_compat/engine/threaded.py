@@ -1,0 +1,613 @@
+"""The threaded runner: the core under one lock, every I/O with the lock released.
+
+Choreography: take the lock, let the core decide (lend an idle entry, reserve a slot,
+queue), release it, then do the I/O the decision calls for (probe, check, connect, reset,
+dispose) and come back under the lock to record the outcome. A background keeper thread
+(opt-in) keeps the minimum open with capped, jittered backoff, trims stale idle
+connections and reports leaks. Forked children start from empty books; at exit keepers stop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import threading
+import time
+import weakref
+from typing import Any, Dict, Generic, Hashable, List, Optional
+
+from ..driver import ConnT, Driver
+from ..errors import PoolClosed, PoolTimeout
+from ..settings import Settings
+from . import log
+from .checks import CheckPolicy
+from .core import SLOT, Core, Grant, Waiter
+from .entry import Entry
+from .stats import Figures, Observer, live_runners, register, unregister
+
+__all__ = ["DEFAULT", "ThreadedRunner"]
+
+#: How often lazy upkeep (idle expiry, leak scan) may run on the hot paths.
+UPKEEP_INTERVAL = 1.0
+
+monotonic = time.monotonic
+
+
+class _Default:
+    """``acquire()``'s timeout when not given: the pool's own setting."""
+
+    __slots__ = ()
+
+
+DEFAULT: Any = _Default()
+
+
+class _ThreadWaiter(Waiter):
+    """A thread blocked in ``acquire``, woken by releasing a lock it holds."""
+
+    __slots__ = ("_wake", "gave_up", "grant")
+
+    def __init__(self, key: Hashable, now: float) -> None:
+        super().__init__(key, now)
+        self.grant: Optional[Grant] = None
+        self.gave_up = False
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held until offer()
+
+    def offer(self, grant: Grant) -> bool:
+        if self.gave_up:  # timed out in the same instant: the core offers it on
+            return False
+        self.grant = grant
+        self._wake.release()
+        return True
+
+    def sleep(self, deadline: Optional[float]) -> None:
+        if deadline is None:
+            self._wake.acquire()
+        else:
+            self._wake.acquire(timeout=max(0.0, deadline - monotonic()))
+
+
+class ThreadedRunner(Generic[ConnT]):
+    """One pool's engine for threads. See ENGINE_API.md for the verbs."""
+
+    def __init__(self, settings: Settings, driver: Driver[ConnT], *, kind: str = "pool") -> None:
+        self.settings = settings
+        self.driver = driver
+        self.kind = kind
+        self.name = settings.name or f"pool-{id(self):x}"
+        self.core = Core(settings)
+        self.observer: Optional[Observer] = None
+        self._lock = threading.Lock()
+        self._checks = CheckPolicy(settings, driver, self.name)
+        self._return_state = driver.return_state
+        self._capture_stacks = settings.leak_timeout is not None
+        self._needs_upkeep = (
+            settings.max_idle is not None
+            or settings.max_lifetime is not None
+            or settings.leak_timeout is not None
+        )
+        self._upkeep_due = monotonic() + UPKEEP_INTERVAL
+        self._keeper: Optional[_Keeper] = None
+        register(self)
+        if settings.background:
+            self._start_keeper()
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
+
+    # -- borrowing -------------------------------------------------------------------------
+
+    def acquire(self, key: Hashable = None, timeout: Optional[float] = DEFAULT) -> ConnT:
+        """Borrow a connection of ``key``; wait up to ``timeout`` seconds (the pool's
+        setting by default; None: for ever; 0: not at all), then raise ``PoolTimeout``."""
+        core = self.core
+        lock = self._lock
+        lock.acquire()  # not ``with``: cheaper, and this is the hot path
+        try:
+            if core.closed:
+                core.counters.requests_errors += 1
+                raise PoolClosed()
+            core.counters.requests_num += 1
+            now = monotonic()
+            upkeep = self._needs_upkeep and now >= self._upkeep_due
+            entry = core.take_idle(key, now)
+        finally:
+            lock.release()
+        if upkeep:
+            self._upkeep()
+        if core.doomed:
+            self._dispose_doomed()
+        if entry is not None:
+            # Hot path: the socket probe inline, the policy object only for slow checks.
+            probe = self._checks.probe
+            if not self._checks.slow and (probe is None or probe(entry.conn, entry.state)):
+                if self._capture_stacks:
+                    entry.capture_stack()
+                conn: ConnT = entry.conn
+                return conn
+            if self._validate(entry, now, None):
+                return entry.conn  # type: ignore[no-any-return]
+        if timeout is DEFAULT:
+            timeout = self.settings.timeout
+        return self._acquire_slow(key, timeout, now)
+
+    def release(self, conn: ConnT, discard: bool = False) -> None:
+        """Give ``conn`` back; it is reset outside the lock if it needs it, closed if it
+        cannot be kept or ``discard`` is true."""
+        core = self.core
+        lock = self._lock
+        lock.acquire()  # not ``with``: hot path
+        try:
+            entry = core.out.pop(id(conn), None)
+            if entry is None:
+                if core.closed:
+                    raise PoolClosed()
+                if core.inherited.pop(id(conn), None) is not None:
+                    return  # borrowed before a fork: the parent's, never closed here
+                entry = core.take_back(conn)  # raises NotBorrowed, worded once in the core
+            now = monotonic()
+            used = now - entry.checked_out_at
+            core.counters.usage_ms += used * 1000.0
+            state = None if discard else self._return_state(conn)
+            if state is None:
+                if not discard:
+                    core.counters.returns_bad += 1
+                core.drop(entry)
+            elif state:
+                core.hold(entry)
+            else:
+                core.shelve(entry, now)
+            upkeep = self._needs_upkeep and now >= self._upkeep_due
+        finally:
+            lock.release()
+        if upkeep:
+            self._upkeep()
+        if core.doomed:
+            self._dispose_doomed()
+        if state:
+            self._settle(entry)
+        if self.observer is not None:
+            self.observer.used(self.name, used)
+
+    # -- other verbs -----------------------------------------------------------------------
+
+    def prefill(self, n: Optional[int] = None, key: Hashable = None) -> int:
+        """Open connections of ``key`` until it holds ``n`` (default ``min_size``, at most
+        ``max_size``); return how many were opened. A connect error is raised after the
+        connections opened so far were put idle."""
+        core = self.core
+        with self._lock:
+            if core.closed:
+                raise PoolClosed()
+            sub_size = core.subpools[key].size if key in core.subpools else 0
+            wanted = core.min_size if n is None else n
+            missing = max(0, min(wanted, core.max_size) - sub_size)
+            reserved = 0
+            while reserved < missing and core.reserve(key, evict=False):
+                reserved += 1
+        return self._open_reserved(key, reserved)
+
+    def check(self, key: Hashable = None, every_key: bool = True) -> int:
+        """Check every idle connection now (the configured check; the socket probe if
+        none) and close the dead ones; return how many."""
+        with self._lock:
+            if self.core.closed:
+                raise PoolClosed()
+            batch = self.core.take_all_idle(key, every_key)
+        return self._recheck(batch, self._checks.full_check)
+
+    def close(self, close_borrowed: bool = True) -> None:
+        """Close the idle connections (and the borrowed ones, unless told not to), fail
+        the waiters, stop the keeper. Idempotent."""
+        with self._lock:
+            if self.core.closed:
+                return
+            self.core.close(close_borrowed)
+            keeper, self._keeper = self._keeper, None
+        unregister(self)
+        if keeper is not None:
+            keeper.stop()
+        self._dispose_doomed()
+        log.closed(self.name)
+
+    def resize(self, min_size: Optional[int] = None, max_size: Optional[int] = None) -> None:
+        """Change the live limits (validated by the face); waiters get any new room."""
+        with self._lock:
+            core = self.core
+            if min_size is not None:
+                core.min_size = min_size
+            if max_size is not None:
+                grown = max_size - core.max_size
+                core.max_size = max_size
+                for _ in range(max(0, grown)):
+                    core.offer_slot()
+
+    def figures(self) -> Figures:
+        with self._lock:
+            return self.core.figures(self.name, self.kind)
+
+    def stats(self, pop: bool = False) -> Dict[str, int]:
+        """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
+        with self._lock:
+            core = self.core
+            idle = 0 if core.closed else core.idle_count
+            gauges = {
+                "pool_min": core.min_size,
+                "pool_max": core.max_size if core.total_max_size is None else core.total_max_size,
+                "pool_size": 0 if core.closed else core.size,
+                "pool_available": idle,
+                "requests_waiting": len(core.waiters),
+            }
+            gauges.update(core.counters.pop() if pop else core.counters.snapshot())
+            return gauges
+
+    @property
+    def idle_count(self) -> int:
+        with self._lock:
+            return 0 if self.core.closed else self.core.idle_count
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return 0 if self.core.closed else self.core.size
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {'closed' if self.closed else 'open'}>"
+
+    # -- checkout internals ----------------------------------------------------------------
+
+    def _acquire_slow(self, key: Hashable, timeout: Optional[float], started: float) -> ConnT:
+        """No usable idle connection at once: reserve a slot and connect, or queue."""
+        core = self.core
+        deadline = None if timeout is None else started + timeout
+        while True:
+            waiter: Optional[_ThreadWaiter] = None
+            reserved = False
+            with self._lock:
+                if core.closed:
+                    core.counters.requests_errors += 1
+                    raise PoolClosed()
+                now = monotonic()
+                entry = core.take_idle(key, now)
+                if entry is None:
+                    if core.reserve(key):
+                        reserved = True
+                    elif deadline is not None and now >= deadline:
+                        raise self._timed_out(started, timeout)
+                    else:
+                        waiter = _ThreadWaiter(key, now)
+                        core.enqueue(waiter)
+                        core.counters.requests_queued += 1
+            if core.doomed:
+                self._dispose_doomed()
+            if reserved:
+                return self._open_lent(key)
+            if waiter is not None:
+                grant = self._wait(waiter, deadline, started, timeout)
+                if grant is SLOT:
+                    return self._open_lent(key)
+                assert isinstance(grant, Entry)
+                entry = grant
+            assert entry is not None
+            # Pings here spend the caller's timeout: stalled connections in a row must not
+            # make acquire wait past it.
+            if self._validate(entry, now, deadline):
+                return entry.conn  # type: ignore[no-any-return]
+
+    def _validate(self, entry: Entry, now: float, deadline: Optional[float]) -> bool:
+        """Run the checkout checks on a lent entry (no lock held); drop it if it fails."""
+        try:
+            alive, how = self._checks.passes(entry, now, deadline)
+        except BaseException:  # KeyboardInterrupt mid-ping: state unknown, close it
+            self._drop_lent(entry)
+            raise
+        if alive:
+            if self._capture_stacks:
+                entry.capture_stack()
+            return True
+        self._checks.lost(entry, now)
+        with self._lock:
+            self.core.counters.connections_lost += 1
+        self._drop_lent(entry)
+        log.dead_dropped(self.name, how)
+        return False
+
+    def _drop_lent(self, entry: Entry) -> None:
+        with self._lock:
+            self.core.out.pop(id(entry.conn), None)
+            self.core.drop(entry)
+        self._dispose_doomed()
+
+    def _wait(
+        self,
+        waiter: _ThreadWaiter,
+        deadline: Optional[float],
+        started: float,
+        timeout: Optional[float],
+    ) -> Grant:
+        """Sleep in the queue until served or out of time (lock released)."""
+        try:
+            waiter.sleep(deadline)
+        except BaseException:  # KeyboardInterrupt while asleep: no ghost left in the queue
+            with self._lock:
+                waiter.gave_up = True
+                self.core.withdraw(waiter)
+                self._give_back(waiter)
+            self._dispose_doomed()
+            raise
+        core = self.core
+        error: Optional[BaseException] = None
+        with self._lock:
+            waited = monotonic() - waiter.enqueued_at
+            core.counters.requests_wait_ms += waited * 1000.0
+            grant = waiter.grant
+            if grant is None:
+                waiter.gave_up = True
+                core.withdraw(waiter)
+                error = self._timed_out(started, timeout)
+            elif isinstance(grant, BaseException):
+                core.counters.requests_errors += 1
+                error = grant
+        if self.observer is not None:
+            self.observer.waited(self.name, waited)
+        if error is not None:
+            raise error
+        assert grant is not None
+        return grant
+
+    def _give_back(self, waiter: _ThreadWaiter) -> None:
+        """Undo what a waiter that gave up was granted (lock held)."""
+        grant = waiter.grant
+        if grant is SLOT:
+            self.core.abandon(waiter.key)
+        elif isinstance(grant, Entry):
+            self.core.out.pop(id(grant.conn), None)
+            self.core.shelve(grant, monotonic())
+
+    def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
+        """Count and log a checkout out of time; the error to raise (lock held)."""
+        core = self.core
+        waited = monotonic() - started
+        core.counters.requests_errors += 1
+        core.timeouts += 1
+        log.timed_out(self.name, waited)
+        limits = self.settings.describe_limits(timeout, core.max_size)
+        return PoolTimeout(
+            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
+            f"({limits}, {len(core.waiters)} other callers still waiting)"
+        )
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open_lent(self, key: Hashable) -> ConnT:
+        """Open a connection in a reserved slot and lend it (lock released)."""
+        try:
+            entry = self._open(key, lend=True)
+        except BaseException:
+            with self._lock:
+                self.core.counters.requests_errors += 1
+            raise
+        if self._capture_stacks:
+            entry.capture_stack()
+        return entry.conn  # type: ignore[no-any-return]
+
+    def _open(self, key: Hashable, lend: bool) -> Entry:
+        """Connect and prepare in a reserved slot; the entry is lent or shelved."""
+        core = self.core
+        started = monotonic()
+        conn: Any = None
+        try:
+            conn = self.driver.connect()
+            state = self.driver.prepare(conn)
+        except BaseException as error:
+            if conn is not None:
+                self.driver.dispose(conn)  # a failed prepare (configure) must not leak it
+            with self._lock:
+                core.counters.connections_errors += 1
+                core.abandon(key)
+            log.connect_failed(self.name, error)
+            raise
+        now = monotonic()
+        with self._lock:
+            closed = core.closed
+            if closed:
+                core.abandon(key)
+            else:
+                entry = core.adopt(conn, state, key, now)  # DuplicateConnection: slot freed
+                core.counters.connections_num += 1
+                core.counters.connections_ms += (now - started) * 1000.0
+                if lend:
+                    core.lend(entry, now)
+                else:
+                    core.shelve(entry, now)
+        if closed:
+            self.driver.dispose(conn)
+            raise PoolClosed()
+        if self.observer is not None:
+            self.observer.created(self.name, now - started)
+        return entry
+
+    def _open_reserved(self, key: Hashable, reserved: int) -> int:
+        """Open ``reserved`` connections in slots already counted, shelving each."""
+        opened = 0
+        try:
+            while reserved:
+                reserved -= 1  # _open gives the slot back itself if it fails
+                self._open(key, lend=False)
+                opened += 1
+        finally:
+            if reserved:
+                with self._lock:
+                    for _ in range(reserved):
+                        self.core.abandon(key)
+            self._dispose_doomed()
+        return opened
+
+    # -- returning -------------------------------------------------------------------------
+
+    def _settle(self, entry: Entry) -> None:
+        """Reset a returned connection with the lock released, then shelve or drop it."""
+        failure: Optional[BaseException] = None
+        try:
+            self.driver.reset(entry.conn, entry.state)
+        except BaseException as error:  # KeyboardInterrupt too: books first, re-raised below
+            failure = error
+        with self._lock:
+            if failure is not None:
+                self.core.counters.returns_bad += 1
+            self.core.settled(entry, failure is None, monotonic())
+        self._dispose_doomed()
+        if failure is not None:
+            log.reset_failed(self.name, failure)
+            if not isinstance(failure, Exception):
+                raise failure
+
+    def _recheck(self, batch: List[Entry], verdict: Any) -> int:
+        """Check entries taken off the books (held); shelve the live, drop the dead."""
+        results: List[bool] = []
+        interrupted: Optional[BaseException] = None
+        try:
+            for entry in batch:
+                results.append(verdict(entry))
+        except BaseException as error:  # KeyboardInterrupt: books first
+            interrupted = error
+        checked = len(results)
+        results += [False] * (len(batch) - checked)  # unknown state: closed, not "lost"
+        now = monotonic()
+        with self._lock:
+            for index, (entry, alive) in enumerate(zip(batch, results)):
+                if not alive and index < checked:
+                    self.core.counters.connections_lost += 1
+                    self._checks.lost(entry, now)
+                self.core.settled(entry, alive, now)
+        self._dispose_doomed()
+        dead = results[:checked].count(False)
+        for _ in range(dead):
+            log.dead_dropped(self.name, "check")
+        if interrupted is not None:
+            raise interrupted
+        return dead
+
+    def _dispose_doomed(self) -> None:
+        """Close what the core doomed (lock released)."""
+        with self._lock:
+            doomed, self.core.doomed = self.core.doomed, []
+        dispose = self.driver.dispose
+        for entry in doomed:
+            dispose(entry.conn)
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def _upkeep(self) -> None:
+        """Lazy upkeep from the hot paths: expire stale idle connections, report leaks."""
+        limit = self.settings.leak_timeout
+        with self._lock:
+            now = monotonic()
+            self._upkeep_due = now + UPKEEP_INTERVAL
+            self.core.sweep(now, self.settings.sweep_batch)
+            leaked = [] if limit is None else self.core.leaks(now, limit)
+            ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]
+        for age, stack in ages:
+            log.leak(self.name, age, limit or 0.0, stack)
+
+    def _maintain(self) -> None:
+        """One keeper pass: drop dead idle connections, upkeep, refill to the minimum."""
+        if self.closed:
+            return
+        if self._checks.probe is not None:
+            with self._lock:
+                batch = self.core.take_all_idle()
+            self._recheck(batch, self._checks.probe_alive)
+        self._upkeep()
+        self._dispose_doomed()
+        with self._lock:
+            if self.core.closed:
+                return
+            keys = [key for key in self.core.deficit() if self.core.reserve(key, evict=False)]
+        for position, key in enumerate(keys):
+            try:
+                self._open(key, lend=False)
+            except BaseException:
+                with self._lock:
+                    for other in keys[position + 1 :]:
+                        self.core.abandon(other)
+                raise
+
+    def _start_keeper(self) -> None:
+        self._keeper = _Keeper(self)
+        self._keeper.start()
+
+    def _after_fork_in_child(self) -> None:
+        """Forget what the parent owns, without closing it: closing would end its sessions."""
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+        self.core.forget_all()
+        self._keeper = None
+        if self.settings.background and not self.core.closed:
+            self._start_keeper()
+
+
+class _Keeper(threading.Thread):
+    """The background thread of one pool: refill, expire, report leaks."""
+
+    INTERVAL = 1.0
+    MAX_BACKOFF = 30.0
+    #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
+    STOP_WAIT = 1.0
+
+    def __init__(self, runner: ThreadedRunner[Any]) -> None:
+        super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
+        self._runner_ref = weakref.ref(runner)
+        self.stopping = threading.Event()
+        self._failures = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self is not threading.current_thread():
+            self.join(timeout=self.STOP_WAIT)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            runner = self._runner_ref()
+            if runner is None or runner.closed:
+                return
+            pause = self.INTERVAL
+            try:
+                runner._maintain()
+                self._failures = 0
+            except Exception as error:
+                self._failures += 1
+                pause = self.backoff(self._failures)
+                log.keeper_failed(runner.name, error, pause)
+            del runner  # let an abandoned pool be collected while this thread sleeps
+            self.stopping.wait(pause)
+
+    @classmethod
+    def backoff(cls, failures: int) -> float:
+        """Pause after ``failures`` failed passes in a row: doubling, capped, jittered so
+        that pools do not retry in step."""
+        capped = min(cls.MAX_BACKOFF, 0.1 * 2.0 ** float(min(failures, 16)))
+        return float(capped * random.uniform(0.5, 1.0))
+
+
+def _live() -> List[ThreadedRunner[Any]]:
+    return [runner for runner in live_runners() if isinstance(runner, ThreadedRunner)]
+
+
+def _after_fork_in_child() -> None:
+    for runner in _live():
+        runner._after_fork_in_child()
+
+
+def _stop_keepers_at_exit() -> None:
+    for runner in _live():
+        keeper = runner._keeper
+        if keeper is not None:
+            keeper.stopping.set()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_stop_keepers_at_exit)

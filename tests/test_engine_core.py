@@ -1,0 +1,268 @@
+"""The sans-I/O core on its own: every decision, no lock, no I/O, no database.
+
+Connections here are plain objects: the core never calls anything on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, List
+
+import pytest
+
+from pgpool_compat.engine.core import SLOT, Core, Grant, Waiter
+from pgpool_compat.engine.entry import Entry
+from pgpool_compat.errors import DuplicateConnection, NotBorrowed, PoolClosed
+from pgpool_compat.settings import Settings
+
+
+class Conn:
+    """An arbitrary resource: unhashable, equal to everything (the core must not care)."""
+
+    __slots__ = ("n",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+class RecordingWaiter(Waiter):
+    __slots__ = ("accept", "got")
+
+    def __init__(self, key: Hashable, now: float = 0.0, accept: bool = True) -> None:
+        super().__init__(key, now)
+        self.accept = accept
+        self.got: List[Grant] = []
+
+    def offer(self, grant: Grant) -> bool:
+        if self.accept:
+            self.got.append(grant)
+        return self.accept
+
+
+def make(**kw: Any) -> Core:
+    kw.setdefault("max_size", 2)
+    return Core(Settings(**kw))
+
+
+_counter = iter(range(10**6))
+
+
+def open_one(core: Core, key: Hashable = None, now: float = 0.0, lend: bool = False) -> Entry:
+    assert core.reserve(key)
+    entry = core.adopt(Conn(next(_counter)), None, key, now)
+    if lend:
+        core.lend(entry, now)
+    else:
+        core.shelve(entry, now)
+    return entry
+
+
+def test_lifo_hands_out_the_newest_idle_and_fifo_the_oldest() -> None:
+    for lifo, expected in ((True, 1), (False, 0)):
+        core = make(lifo=lifo)
+        entries = [open_one(core, now=t) for t in (0.0, 1.0)]
+        assert core.take_idle(None, 2.0) is entries[expected]
+        assert id(entries[expected].conn) in core.out
+
+
+def test_per_key_cap_and_total_cap() -> None:
+    core = make(max_size=2, total_max_size=3)
+    assert core.reserve("a") and core.reserve("a")
+    assert not core.reserve("a")  # per-key cap
+    assert core.reserve("b")
+    assert not core.reserve("b")  # total cap, nothing idle to evict
+    assert core.size == 3 and core.opening == 3
+
+
+def test_total_cap_evicts_the_oldest_idle_of_another_key() -> None:
+    core = make(max_size=2, total_max_size=2)
+    old = open_one(core, "a", now=1.0)
+    open_one(core, "b", now=2.0)
+    assert core.reserve("c")
+    assert core.doomed == [old]
+    assert core.size == 2
+
+
+def test_prefill_reserve_never_evicts() -> None:
+    core = make(max_size=2, total_max_size=1)
+    open_one(core, "a")
+    assert not core.reserve("b", evict=False)
+    assert not core.doomed
+
+
+def test_returned_connection_goes_to_the_oldest_waiter_of_its_key() -> None:
+    core = make(max_size=1)
+    entry = open_one(core, "a", lend=True)
+    other_key = RecordingWaiter("b")
+    first, second = RecordingWaiter("a"), RecordingWaiter("a")
+    for waiter in (other_key, first, second):
+        core.enqueue(waiter)
+    core.shelve(core.take_back(entry.conn), 5.0)
+    assert first.got == [entry] and not second.got and not other_key.got
+    assert core.out[id(entry.conn)] is entry and entry.checked_out_at == 5.0
+    assert list(core.waiters) == [other_key, second]
+
+
+def test_a_waiter_that_gave_up_is_skipped_in_the_same_instant() -> None:
+    core = make(max_size=1)
+    entry = open_one(core, lend=True)
+    gone, next_one = RecordingWaiter(None, accept=False), RecordingWaiter(None)
+    core.enqueue(gone)
+    core.enqueue(next_one)
+    core.shelve(core.take_back(entry.conn), 1.0)
+    assert next_one.got == [entry] and not core.waiters
+
+
+def test_no_waiter_takes_it_so_it_goes_idle() -> None:
+    core = make(max_size=1)
+    entry = open_one(core, lend=True)
+    core.enqueue(RecordingWaiter(None, accept=False))
+    core.shelve(core.take_back(entry.conn), 1.0)
+    assert core.subpools[None].idle == [entry] and not core.out
+
+
+def test_freed_slot_goes_to_the_oldest_waiter_whose_key_has_room() -> None:
+    core = make(max_size=1, total_max_size=2)
+    a = open_one(core, "a", lend=True)
+    open_one(core, "b", lend=True)
+    wants_b, wants_c = RecordingWaiter("b"), RecordingWaiter("c")
+    core.enqueue(wants_b)
+    core.enqueue(wants_c)
+    core.drop(core.take_back(a.conn))  # frees room in total, but "b" is at its own cap
+    assert wants_c.got == [SLOT] and not wants_b.got
+    assert core.subpools["c"].opening == 1 and core.size == 2
+
+
+def test_expired_connection_is_never_handed_to_a_waiter() -> None:
+    core = make(max_size=1, max_lifetime=10.0)
+    entry = open_one(core, lend=True)
+    waiter = RecordingWaiter(None)
+    core.enqueue(waiter)
+    core.shelve(core.take_back(entry.conn), 100.0)
+    assert waiter.got == [SLOT]  # the slot instead, to open a fresh one
+    assert core.doomed == [entry]
+
+
+def test_duplicate_object_is_refused_and_its_slot_freed() -> None:
+    core = make(max_size=2)
+    entry = open_one(core)
+    assert core.reserve(None)
+    with pytest.raises(DuplicateConnection):
+        core.adopt(entry.conn, None, None, 0.0)
+    assert core.size == 1 and core.opening == 0
+    assert not core.doomed  # the object is someone else's: never closed
+
+
+def test_take_back_of_a_stranger_or_twice_raises_and_changes_nothing() -> None:
+    core = make()
+    entry = open_one(core, lend=True)
+    with pytest.raises(NotBorrowed):
+        core.take_back(Conn(-1))  # equal to everything: identity decides
+    core.shelve(core.take_back(entry.conn), 0.0)
+    with pytest.raises(NotBorrowed):
+        core.take_back(entry.conn)
+    assert core.size == 1 and core.subpools[None].idle == [entry]
+
+
+def test_idle_cap_dooms_returns_above_it() -> None:
+    core = make(max_size=3, idle_cap=1)
+    entries = [open_one(core, lend=True) for _ in range(3)]
+    for entry in entries:
+        core.shelve(core.take_back(entry.conn), 1.0)
+    assert len(core.subpools[None].idle) == 1 and len(core.doomed) == 2 and core.size == 1
+
+
+def test_sweep_keeps_the_minimum_and_respects_the_batch() -> None:
+    core = make(max_size=5, min_size=1, max_idle=10.0)
+    for _ in range(4):
+        open_one(core, now=0.0)
+    core.sweep(5.0)
+    assert not core.doomed
+    core.sweep(20.0, batch=2)
+    assert len(core.doomed) == 2
+    core.sweep(20.0)
+    assert len(core.doomed) == 3 and core.size == 1  # min_size kept
+
+
+def test_sweep_keeps_min_idle_per_key() -> None:
+    core = make(max_size=5, min_idle=1, max_idle=10.0)
+    for key in ("a", "a", "b"):
+        open_one(core, key)
+    core.sweep(20.0)
+    assert {key: len(sub.idle) for key, sub in core.subpools.items()} == {"a": 1, "b": 1}
+
+
+def test_take_idle_dooms_stale_and_lends_the_next() -> None:
+    core = make(max_size=3, max_lifetime=10.0)
+    old = open_one(core, now=0.0)
+    fresh_entry = Entry(Conn(-2), None, None, 50.0, None)
+    assert core.reserve(None)
+    core.subpools[None].opening -= 1
+    core.opening -= 1
+    core.subpools[None].idle.insert(0, fresh_entry)
+    taken = core.take_idle(None, 100.0)
+    assert taken is fresh_entry and core.doomed == [old]
+
+
+def test_deficit_counts_min_size_and_min_idle() -> None:
+    core = make(max_size=3, min_size=2)
+    assert core.deficit() == [None, None]
+    core = make(max_size=2, min_idle=2)
+    open_one(core, "a")
+    assert core.deficit() == ["a"]
+
+
+def test_leaks_reported_once() -> None:
+    core = make()
+    entry = open_one(core, lend=True)
+    assert core.leaks(5.0, 10.0) == []
+    assert core.leaks(11.0, 10.0) == [entry]
+    assert core.leaks(12.0, 10.0) == []
+
+
+def test_close_fails_waiters_and_dooms_idle_and_optionally_borrowed() -> None:
+    for close_borrowed in (True, False):
+        core = make(max_size=2)
+        idle = open_one(core)
+        borrowed = open_one(core, lend=True)
+        waiter = RecordingWaiter(None)
+        core.enqueue(waiter)
+        core.close(close_borrowed)
+        assert isinstance(waiter.got[0], PoolClosed)
+        doomed = core.doomed
+        assert idle in doomed and (borrowed in doomed) is close_borrowed
+        if not close_borrowed:  # returned later: closed then
+            core.shelve(core.take_back(borrowed.conn), 1.0)
+            assert borrowed in core.doomed
+
+
+def test_abandoned_slot_goes_to_a_waiter() -> None:
+    core = make(max_size=1)
+    assert core.reserve(None)
+    waiter = RecordingWaiter(None)
+    core.enqueue(waiter)
+    core.abandon(None)
+    assert waiter.got == [SLOT] and core.size == 1
+
+
+def test_forget_all_remembers_borrowed_without_closing() -> None:
+    core = make()
+    borrowed = open_one(core, lend=True)
+    open_one(core)
+    core.forget_all()
+    assert core.size == 0 and not core.doomed and not core.subpools
+    assert core.inherited == {id(borrowed.conn): borrowed.conn}
+
+
+def test_figures() -> None:
+    core = make(max_size=3, min_size=1, idle_cap=2)
+    open_one(core)
+    open_one(core, lend=True)
+    assert core.reserve(None)
+    core.enqueue(RecordingWaiter(None))
+    figures = core.figures("p", "kind")
+    assert (figures.idle, figures.used, figures.opening, figures.size) == (1, 1, 1, 3)
+    assert (figures.max, figures.idle_max, figures.idle_min, figures.pending) == (3, 2, 1, 1)

@@ -1,0 +1,334 @@
+"""The threaded runner: its verbs, waiting, errors, keeper, observer and registry.
+
+Factory-driver tests pool plain objects (the runner pools anything); the psycopg2-driver
+tests talk to the real test server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterator, List
+
+import psycopg2
+import pytest
+
+from pgpool_compat.driver import FactoryDriver, Psycopg2Driver
+from pgpool_compat.engine.stats import live_runners
+from pgpool_compat.engine.threaded import ThreadedRunner, _Keeper
+from pgpool_compat.errors import (
+    DuplicateConnection,
+    NotBorrowed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+)
+from pgpool_compat.options import PoolOptions
+from pgpool_compat.settings import Labels, Settings
+from tests.helpers import pid_of, scalar, terminate_backends
+
+
+class Resource:
+    __slots__ = ("closed", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Factory:
+    def __init__(self) -> None:
+        self.made: List[Resource] = []
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Resource:
+        with self.lock:
+            resource = Resource(len(self.made))
+            self.made.append(resource)
+            return resource
+
+
+@pytest.fixture
+def runners() -> Iterator[List[ThreadedRunner[Any]]]:
+    made: List[ThreadedRunner[Any]] = []
+    yield made
+    for runner in made:
+        runner.close()
+
+
+def factory_runner(
+    runners: List[ThreadedRunner[Any]], factory: Any = None, **settings: Any
+) -> ThreadedRunner[Any]:
+    settings.setdefault("max_size", 2)
+    runner: ThreadedRunner[Any] = ThreadedRunner(
+        Settings(**settings), FactoryDriver(factory or Factory()), kind="test"
+    )
+    runners.append(runner)
+    return runner
+
+
+def test_acquire_reuses_and_release_keeps(runners: List[ThreadedRunner[Any]]) -> None:
+    factory = Factory()
+    runner = factory_runner(runners, factory)
+    first = runner.acquire()
+    runner.release(first)
+    assert runner.acquire() is first and len(factory.made) == 1
+
+
+def test_timeout_zero_fails_at_once_in_the_faces_words(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    runner = factory_runner(
+        runners, max_size=1, timeout=0, labels=Labels(timeout="wait", max_size="cap")
+    )
+    runner.acquire()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout, match=r"exhausted.*\(wait=0, cap=1, 0 other"):
+        runner.acquire()
+    assert time.monotonic() - started < 0.5
+    assert runner.figures().timeouts == 1 and runner.stats()["requests_errors"] == 1
+
+
+def test_timeout_none_waits_for_ever_not_one_year(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, timeout=None)
+    held = runner.acquire()
+    threading.Timer(0.3, runner.release, (held,)).start()
+    assert runner.acquire() is held  # waited, no timeout computed from a huge number
+
+
+def test_waiters_are_served_first_come_first_served(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, timeout=5)
+    held = runner.acquire()
+    order: List[int] = []
+
+    def borrower(n: int) -> None:
+        conn = runner.acquire()
+        order.append(n)
+        runner.release(conn)
+
+    threads = []
+    for n in range(4):
+        thread = threading.Thread(target=borrower, args=(n,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 2
+        while runner.figures().pending < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    runner.release(held)
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3]
+
+
+def test_timed_out_waiter_leaves_no_ghost(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, timeout=0.1)
+    held = runner.acquire()
+    with pytest.raises(PoolTimeout):
+        runner.acquire()
+    runner.release(held)
+    figures = runner.figures()
+    assert figures.pending == 0 and figures.idle == 1 and figures.size == 1
+
+
+def test_same_object_twice_is_refused_and_the_slot_freed(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    shared = Resource(0)
+    runner = factory_runner(runners, lambda: shared, max_size=2, timeout=0)
+    assert runner.acquire() is shared
+    with pytest.raises(DuplicateConnection):
+        runner.acquire()
+    assert not shared.closed  # someone else's: never closed
+    assert runner.figures().size == 1
+
+
+def test_release_of_a_stranger_or_twice(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners)
+    conn = runner.acquire()
+    with pytest.raises(NotBorrowed):
+        runner.release(Resource(99))
+    runner.release(conn)
+    with pytest.raises(NotBorrowed):
+        runner.release(conn)
+    assert runner.figures().size == 1
+
+
+def test_discard_closes_and_frees_the_slot(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, timeout=0)
+    conn = runner.acquire()
+    runner.release(conn, discard=True)
+    assert conn.closed and runner.acquire() is not conn
+
+
+def test_close_fails_waiters_and_closes_borrowed(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, timeout=5)
+    conn = runner.acquire()
+    errors: List[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            runner.acquire()
+        except PoolError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 2
+    while runner.figures().pending < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    runner.close()
+    thread.join(5)
+    assert isinstance(errors[0], PoolClosed) and conn.closed
+    runner.close()  # idempotent
+    with pytest.raises(PoolClosed):
+        runner.release(conn)
+    with pytest.raises(PoolClosed):
+        runner.acquire()
+
+
+def test_close_without_borrowed_closes_them_on_return(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners)
+    idle, borrowed = runner.acquire(), runner.acquire()
+    runner.release(idle)
+    runner.close(close_borrowed=False)
+    assert idle.closed and not borrowed.closed
+    runner.release(borrowed)
+    assert borrowed.closed
+
+
+def test_prefill_and_check(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, min_size=2, max_size=3, check=lambda conn: conn.n != 0)
+    assert runner.prefill() == 2 and runner.prefill() == 0
+    assert runner.check() == 1  # resource 0 fails the check
+    assert runner.figures().idle == 1
+
+
+def test_reset_failure_discards_and_logs_the_pool_name(
+    runners: List[ThreadedRunner[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    def reset(conn: Resource) -> None:
+        raise RuntimeError("password=secret")
+
+    runner: ThreadedRunner[Any] = ThreadedRunner(
+        Settings(name="books", max_size=1), FactoryDriver(Factory(), reset=reset)
+    )
+    runners.append(runner)
+    conn = runner.acquire()
+    with caplog.at_level(logging.WARNING, logger="pgpool_compat"):
+        runner.release(conn)
+    assert conn.closed and runner.figures().size == 0
+    assert caplog.records[-1].getMessage().startswith("books: reset of a returned connection")
+    assert "secret" not in caplog.text
+
+
+def test_keeper_refills_with_backoff_after_failures(runners: List[ThreadedRunner[Any]]) -> None:
+    attempts: List[float] = []
+    factory = Factory()
+
+    def flaky() -> Resource:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise OSError("down")
+        return factory()
+
+    runner = factory_runner(runners, flaky, min_size=1, max_size=1, background=True)
+    deadline = time.monotonic() + 5
+    while runner.figures().idle < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runner.figures().idle == 1 and len(attempts) == 3
+    pauses = [_Keeper.backoff(n) for n in range(1, 40)]
+    assert max(pauses) <= _Keeper.MAX_BACKOFF and min(pauses) > 0
+
+
+def test_keeper_trims_idle_past_max_idle(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=2, max_idle=0.2, background=True)
+    first, second = runner.acquire(), runner.acquire()
+    runner.release(first)
+    runner.release(second)
+    deadline = time.monotonic() + 5
+    while runner.figures().size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.figures().size == 0 and first.closed and second.closed
+
+
+def test_observer_hears_create_wait_and_use(runners: List[ThreadedRunner[Any]]) -> None:
+    heard: List[Any] = []
+
+    class Recorder:
+        def created(self, pool_name: str, seconds: float) -> None:
+            heard.append(("created", pool_name, seconds))
+
+        def waited(self, pool_name: str, seconds: float) -> None:
+            heard.append(("waited", pool_name, seconds))
+
+        def used(self, pool_name: str, seconds: float) -> None:
+            heard.append(("used", pool_name, seconds))
+
+    runner = factory_runner(runners, name="obs", max_size=1, timeout=5)
+    runner.observer = Recorder()
+    conn = runner.acquire()
+    threading.Timer(0.1, runner.release, (conn,)).start()
+    runner.release(runner.acquire())
+    kinds = [kind for kind, name, _ in heard if name == "obs"]
+    assert kinds[0] == "created" and "waited" in kinds and kinds.count("used") == 2
+    assert all(seconds >= 0 for _, _, seconds in heard)
+
+
+def test_registry_lists_live_runners_only(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners)
+    assert runner in live_runners()
+    runner.close()
+    assert runner not in live_runners()
+
+
+def test_keyed_sub_pools_share_a_total_cap(runners: List[ThreadedRunner[Any]]) -> None:
+    runner = factory_runner(runners, max_size=1, total_max_size=2, timeout=0)
+    a, b = runner.acquire("a"), runner.acquire("b")
+    with pytest.raises(PoolTimeout):
+        runner.acquire("c")  # total cap, nothing idle
+    runner.release(a)
+    c = runner.acquire("c")  # a's idle connection evicted to make room
+    assert a.closed and c is not a
+    with pytest.raises(PoolTimeout):
+        runner.acquire("b")  # per-key cap
+    runner.release(b)
+    assert runner.acquire("b") is b
+
+
+# -- the psycopg2 driver on the real server --------------------------------------------------
+
+
+def psycopg2_runner(runners: List[ThreadedRunner[Any]], dsn: str, **settings: Any) -> Any:
+    settings.setdefault("max_size", 2)
+    runner: ThreadedRunner[Any] = ThreadedRunner(
+        Settings(**settings), Psycopg2Driver((dsn,), {}, PoolOptions())
+    )
+    runners.append(runner)
+    return runner
+
+
+def test_psycopg2_rollback_on_return(runners: List[ThreadedRunner[Any]], pg_dsn: str) -> None:
+    runner = psycopg2_runner(runners, pg_dsn)
+    conn = runner.acquire()
+    scalar(conn, "SELECT 1")  # opens a transaction
+    runner.release(conn)
+    again = runner.acquire()
+    assert again is conn
+    assert again.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_psycopg2_dead_connection_is_never_handed_out(
+    runners: List[ThreadedRunner[Any]], pg_dsn: str
+) -> None:
+    runner = psycopg2_runner(runners, pg_dsn)
+    conn = runner.acquire()
+    pid = pid_of(conn)
+    runner.release(conn)
+    terminate_backends(pg_dsn, [pid])
+    fresh = runner.acquire()
+    assert fresh is not conn and scalar(fresh, "SELECT 1") == 1
+    assert runner.stats()["connections_lost"] == 1

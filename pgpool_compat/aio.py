@@ -53,7 +53,7 @@ from .lifecycle import (
     seconds_setting,
     size_settings,
 )
-from .observe import Observer, PoolFigures, register
+from .engine.stats import Figures, Observer, register
 from .records import ConnRecord
 from .stats import PoolStats
 
@@ -429,7 +429,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._stats.connections_num += 1
         self._stats.connections_ms += (now - started) * 1000.0
         if self._observer is not None:
-            self._observer.created(now - started)
+            self._observer.created(self.name, now - started)
         return ConnRecord(conn, None, now, self._max_lifetime)
 
     def _connect_done(self, task: asyncio.Task[ConnRecord]) -> None:
@@ -541,34 +541,41 @@ class AsyncConnectionPool(Generic[ConnT]):
         assert self._loop is not None, "guarded by _check_loop()"
         return self._loop
 
-    # -- metrics (pgpool_compat.observe) ---------------------------------------------------
+    # -- metrics (the engine's registry and observer hook, pgpool_compat.engine.stats) -----
 
     @property
     def name(self) -> str:
         """A name made from the pool's id; used in logs and metrics."""
         return f"pool-{id(self):x}"
 
-    def _metrics_name(self) -> str:
-        return self.name
-
-    def _figures(self) -> Optional[PoolFigures]:
-        if self._closed:
-            return None
-        idle = len(self._idle)
-        return PoolFigures(
+    def figures(self) -> Figures:
+        """The gauges metrics export."""
+        idle = 0 if self._closed else len(self._idle)
+        used = len(self._out)
+        size = 0 if self._closed else self._size
+        return Figures(
             name=self.name,
+            kind=type(self).__name__,
             idle=idle,
-            used=self._size - idle,
+            used=used,
+            opening=max(0, size - idle - used),
+            size=size,
             max=self._max_size,
             idle_max=self._max_size,
             idle_min=self._min_size,
-            pending_requests=len(self._waiters),
+            pending=len(self._waiters),
             timeouts=self._timeouts,
         )
 
-    def _set_observer(self, observer: Optional[Observer]) -> None:
-        """Time checkouts and returns by wrapping this instance's ``acquire``/``release``,
-        so that a pool without an observer runs exactly the code it ran before."""
+    @property
+    def observer(self) -> Optional[Observer]:
+        """Hears create, wait and use durations while metrics are on (None: off)."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: Optional[Observer]) -> None:
+        # Wraps this instance's acquire/release, so that a pool without an observer runs
+        # exactly the code it ran before.
         self._observer = observer
         self.__dict__.pop("acquire", None)
         self.__dict__.pop("release", None)
@@ -576,11 +583,12 @@ class AsyncConnectionPool(Generic[ConnT]):
             return
         clock = time.monotonic
         plain_acquire, plain_release = self.acquire, self.release
+        name = self.name
 
         async def acquire() -> ConnT:
             started = clock()
             conn = await plain_acquire()
-            observer.waited(clock() - started)
+            observer.waited(name, clock() - started)
             return conn
 
         async def release(conn: ConnT) -> None:
@@ -588,7 +596,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             checked_out_at = None if record is None else record.checked_out_at
             await plain_release(conn)
             if checked_out_at is not None:
-                observer.used(clock() - checked_out_at)
+                observer.used(name, clock() - checked_out_at)
 
         self.__dict__.update(acquire=acquire, release=release)
 

@@ -33,9 +33,9 @@ import psycopg2
 from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
-from .dsn import libpq_dsn, pool_id
+from .dsn import libpq_dsn, pool_id, target_name
 from .health import Psycopg2Driver
-from .observe import Observer, PoolFigures, register, target_name
+from .engine.stats import Figures, Observer, register
 from .options import PoolOptions
 
 __all__ = [
@@ -373,10 +373,10 @@ class Pool:
         self.time_method = time_method or time.time
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
         self._waiters: Deque[object] = deque()  # PoolManager.connection callers, oldest first
-        # For metrics: host:port/dbname when PoolManager.connection(dsn) made the pool.
-        self._name = name or pool_id
+        # For logs and metrics: host:port/dbname when PoolManager.connection(dsn) made it.
+        self.name = name or pool_id
         self._timeouts = 0  # connection(timeout=...) calls that gave up
-        self._observer: Optional[Observer] = None
+        self.observer: Optional[Observer] = None  # PoolManager.connection() reports to it
         register(self)
 
     def __contains__(self, connection: Any) -> bool:
@@ -572,27 +572,29 @@ class Pool:
             self.max_size = size
             _CHANGED.notify_all()
 
-    def _metrics_name(self) -> str:
-        return self._name
+    @property
+    def closed(self) -> bool:
+        """Whether the manager no longer holds this pool (removed or shut down)."""
+        return PoolManager._pools.get(self.id) is not self
 
-    def _figures(self) -> Optional[PoolFigures]:
+    def figures(self) -> Figures:
+        """The gauges metrics export."""
         with self._lock:
-            if PoolManager._pools.get(self.id) is not self:
-                return None  # removed or shut down
             idle = len(self.idle_connections)
-            return PoolFigures(
-                name=self._name,
+            used = len(self.busy_connections)
+            return Figures(
+                name=self.name,
+                kind=type(self).__name__,
                 idle=idle,
-                used=len(self.busy_connections) + self._reserved,
+                used=used,
+                opening=self._reserved,
+                size=idle + used + self._reserved,
                 max=self.max_size,
                 idle_max=self.max_size,
                 idle_min=0,
-                pending_requests=len(self._waiters),
+                pending=len(self._waiters),
                 timeouts=self._timeouts,
             )
-
-    def _set_observer(self, observer: Optional[Observer]) -> None:
-        self._observer = observer  # PoolManager.connection() reports to it
 
     # -- internals ---------------------------------------------------------------------
 
@@ -871,16 +873,16 @@ class PoolManager:
         deadline = None if timeout is None else started + timeout
         lease = _Lease()
         pool, handle = cls._checkout(pid, dsn, lease, max_size, idle_ttl, deadline)
-        observer = pool._observer
+        observer = pool.observer
         checked_out_at = time.monotonic()
         if observer is not None:
-            observer.waited(checked_out_at - started)
+            observer.waited(pool.name, checked_out_at - started)
         try:
             yield handle
         finally:
             cls._checkin(pid, pool, handle)
             if observer is not None:
-                observer.used(time.monotonic() - checked_out_at)
+                observer.used(pool.name, time.monotonic() - checked_out_at)
 
     @classmethod
     def start_cleaner(cls, interval: float = DEFAULT_CLEAN_INTERVAL) -> None:
@@ -971,8 +973,8 @@ class PoolManager:
                     pool._reserved -= 1
                     _CHANGED.notify_all()
                 raise
-            if pool._observer is not None:
-                pool._observer.created(time.monotonic() - connect_started)
+            if pool.observer is not None:
+                pool.observer.created(pool.name, time.monotonic() - connect_started)
             with cls._lock:
                 pool._reserved -= 1
                 if cls._pools.get(pid) is pool:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import __version__, observe
-from .observe import Observed, PoolFigures
+from . import __version__
+from .engine import stats
 
 __all__ = ["BUCKETS", "PrometheusCollector", "instrument", "uninstrument"]
 
@@ -58,13 +58,34 @@ TIMEOUTS_DESCRIPTION = (
 )
 
 
+class PoolFigures(NamedTuple):
+    """One pool's gauges in the conventions' terms."""
+
+    name: str  # the label: see label_of()
+    idle: int
+    used: int  # borrowed, or being opened, reset or checked
+    max: int
+    idle_max: int
+    idle_min: int
+    pending_requests: int
+    timeouts: int
+
+
+def label_of(pool: Any) -> str:
+    """``db.client.connection.pool.name``: a face may say (``metrics_label``: the psycopg2
+    faces give ``pool_name``, else ``host:port/dbname``), else the pool's own name."""
+    return getattr(pool, "metrics_label", None) or str(pool.name)
+
+
 def pool_figures() -> List[PoolFigures]:
-    """The figures of every open pool, those sharing a name added together."""
+    """The figures of every open pool of every face, those sharing a label added together."""
     by_name: Dict[str, PoolFigures] = {}
-    for pool in observe.live_pools():
-        figures = pool._figures()
-        if figures is None:
-            continue
+    for pool in stats.live_runners():
+        raw = pool.figures()
+        figures = PoolFigures(
+            label_of(pool), raw.idle, raw.size - raw.idle, raw.max, raw.idle_max, raw.idle_min,
+            raw.pending, raw.timeouts,
+        )  # fmt: skip
         seen = by_name.get(figures.name)
         if seen is not None:
             figures = PoolFigures(figures.name, *(a + b for a, b in zip(seen[1:], figures[1:])))
@@ -110,30 +131,32 @@ class _PoolObserver:
         self.wait = _Histogram()
         self.use = _Histogram()
 
-    def created(self, seconds: float) -> None:
+    # The engine's Observer protocol: the pool's log name comes first; ours is self.name.
+
+    def created(self, pool_name: str, seconds: float) -> None:
         self.create.add(seconds)
         otel = self.otel or _otel
         if otel is not None:
             otel.histograms["create_time"].record(seconds, self.attributes)
 
-    def waited(self, seconds: float) -> None:
+    def waited(self, pool_name: str, seconds: float) -> None:
         self.wait.add(seconds)
         otel = self.otel or _otel
         if otel is not None:
             otel.histograms["wait_time"].record(seconds, self.attributes)
 
-    def used(self, seconds: float) -> None:
+    def used(self, pool_name: str, seconds: float) -> None:
         self.use.add(seconds)
         otel = self.otel or _otel
         if otel is not None:
             otel.histograms["use_time"].record(seconds, self.attributes)
 
 
-def _observer_for(pool: Observed) -> _PoolObserver:
-    return _PoolObserver(pool._metrics_name())
+def _observer_for(pool: Any) -> _PoolObserver:
+    return _PoolObserver(label_of(pool))
 
 
-def observe_alone(pool: Observed) -> Any:
+def observe_alone(pool: Any) -> Any:
     """Record ``pool``'s durations, and only its, to a private OpenTelemetry SDK meter
     provider with an in-memory reader, which is returned. For the bench's "metrics on" row:
     the full cost of metrics on that pool, without instrumenting the pools it is compared to.
@@ -143,15 +166,15 @@ def observe_alone(pool: Observed) -> Any:
 
     reader = InMemoryMetricReader()
     otel = _OpenTelemetry(MeterProvider(metric_readers=[reader]))
-    pool._set_observer(_PoolObserver(pool._metrics_name(), otel))
+    pool.observer = _PoolObserver(label_of(pool), otel)
     return reader
 
 
 def _observers() -> Iterator[_PoolObserver]:
     """The observers of the open pools."""
-    for pool in observe.live_pools():
-        observer = getattr(pool, "_observer", None)
-        if isinstance(observer, _PoolObserver) and pool._figures() is not None:
+    for pool in stats.live_runners():
+        observer = pool.observer
+        if isinstance(observer, _PoolObserver):
             yield observer
 
 
@@ -163,8 +186,8 @@ _collectors: weakref.WeakSet[PrometheusCollector] = weakref.WeakSet()
 def _update_observers() -> None:
     """Observers on while OpenTelemetry is instrumented or a collector exists, else off."""
     wanted = _otel is not None or any(True for _ in _collectors)  # skips dead ones
-    if wanted != observe.observers_enabled():
-        observe.set_observer_factory(_observer_for if wanted else None)
+    if wanted != stats.observers_enabled():
+        stats.set_observer_factory(_observer_for if wanted else None)
 
 
 # -- OpenTelemetry --------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 import pgpool_compat
-from pgpool_compat import metrics, observe
+from pgpool_compat import metrics
+from pgpool_compat.engine import stats
 from pgpool_compat.manager import PoolManager
 
 POOL = "db.client.connection.pool.name"
@@ -186,8 +187,7 @@ def test_closed_and_collected_pools_disappear(
     reading = Reading(reader)
     assert gauges(reading, closed)["idle"] is None
     assert gauges(reading, dropped)["max"] is None
-    assert all(pool._figures() is None or pool._figures().name != dropped
-               for pool in observe.live_pools())
+    assert dropped not in [metrics.label_of(pool) for pool in stats.live_runners()]
 
 
 def test_unnamed_pool_is_labelled_host_port_dbname_without_credentials(
@@ -198,7 +198,7 @@ def test_unnamed_pool_is_labelled_host_port_dbname_without_credentials(
     pools.append(pool)
     params = psycopg2.extensions.parse_dsn(pg_dsn)
     expected = f"{params.get('host', 'localhost')}:{params.get('port', '5432')}/"
-    label = pool._figures().name
+    label = metrics.label_of(pool)
     assert label.startswith(expected) and secret not in label and "password" not in label
     pool.putconn(pool.getconn())
     reading = Reading(reader)
@@ -206,18 +206,20 @@ def test_unnamed_pool_is_labelled_host_port_dbname_without_credentials(
     assert secret not in repr(reading.points)
 
 
-def test_factory_pool(reader: InMemoryMetricReader, pg_dsn: str, pools: List[Any]) -> None:
+def test_factory_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
     pool: Any = pgpool_compat.ConnectionPool(
         lambda: psycopg2.connect(pg_dsn), min_size=0, max_size=1, timeout=0.05
     )
-    pools.append(pool)
-    name = pool._figures().name
-    with pool.connection():
-        assert gauges(Reading(reader), name)["used"] == 1
-        with pytest.raises(pgpool_compat.PoolTimeoutError):
-            pool.acquire()
-        time.sleep(HOLD)
-    reading = Reading(reader)
+    name = metrics.label_of(pool)
+    try:
+        with pool.connection():
+            assert gauges(Reading(reader), name)["used"] == 1
+            with pytest.raises(pgpool_compat.PoolTimeoutError):
+                pool.acquire()
+            time.sleep(HOLD)
+        reading = Reading(reader)
+    finally:
+        pool.close_all()
     assert gauges(reading, name) == {
         "idle": 1, "used": 0, "max": 1, "idle_max": 1, "idle_min": 0, "pending": 0,
         "timeouts": 1,
@@ -235,7 +237,7 @@ def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
             connect, min_size=1, max_size=1, timeout=4 * HOLD
         )
         async with pool:
-            name = pool._figures().name
+            name = metrics.label_of(pool)
             conn = await pool.acquire()
             waiter = asyncio.ensure_future(pool.acquire())
             await asyncio.sleep(HOLD)
@@ -368,7 +370,7 @@ def test_prometheus_never_shows_a_password(endpoint: str, pg_dsn: str, pools: Li
     pools.append(pool)
     with urllib.request.urlopen(endpoint, timeout=5) as response:
         text = response.read().decode()
-    assert pool._figures().name in text and secret not in text
+    assert metrics.label_of(pool) in text and secret not in text
 
 
 # -- off by default -----------------------------------------------------------------------------
@@ -379,13 +381,13 @@ def test_no_metrics_code_runs_when_metrics_are_off(pg_dsn: str, pools: List[Any]
     gc.collect()  # collectors left by other tests are gone
     pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn)
     pools.append(pool)
-    assert pool._observer is None and "getconn" not in vars(pool)
+    assert pool.observer is None and "getconn" not in vars(pool)
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     metrics.instrument(meter_provider=provider)
-    assert pool._observer is not None and "getconn" in vars(pool)
+    assert pool.observer is not None and "getconn" in vars(pool)
     metrics.uninstrument()
     provider.shutdown()
-    assert pool._observer is None and "getconn" not in vars(pool) and "putconn" not in vars(pool)
+    assert pool.observer is None and "getconn" not in vars(pool) and "putconn" not in vars(pool)
 
 
 def test_without_opentelemetry_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:

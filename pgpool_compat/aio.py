@@ -40,6 +40,7 @@ from typing import (
     Union,
 )
 
+from .engine.stats import Figures, Observer, register
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
     CLOSED_MESSAGE,
@@ -53,7 +54,6 @@ from .lifecycle import (
     seconds_setting,
     size_settings,
 )
-from .engine.stats import Figures, Observer, register
 from .records import ConnRecord
 from .stats import PoolStats
 

@@ -34,8 +34,8 @@ from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
 from .dsn import libpq_dsn, pool_id, target_name
-from .health import Psycopg2Driver
 from .engine.stats import Figures, Observer, register
+from .health import Psycopg2Driver
 from .options import PoolOptions
 
 __all__ = [

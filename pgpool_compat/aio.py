@@ -40,6 +40,7 @@ from typing import (
     Union,
 )
 
+from .engine import log
 from .engine.stats import Figures, Observer, register
 from .errors import PoolError, PoolTimeoutError
 from .lifecycle import (
@@ -144,6 +145,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._closed = False
         self._stats = PoolStats()
         self._timeouts = 0
+        self._connect_failures = 0  # in a row, for the "reconnected" log line
         self._observer: Optional[Observer] = None
         register(self)
 
@@ -227,7 +229,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         now = time.monotonic()
         self._stats.usage_ms += (now - record.checked_out_at) * 1000.0
         if record.expired(now):
-            logger.debug("connection past its lifetime closed on return")
+            logger.debug("%s: connection past its lifetime closed on return", self.name)
             self._discard(record)
         elif self._reset is None:
             self._hand_over(record)
@@ -280,7 +282,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         while self._connecting or self._background:
             pending = list(self._connecting) + list(self._background)
             await asyncio.gather(*pending, return_exceptions=True)
-        logger.debug("async pool closed: %d connections closed", len(records))
+        log.closed(self.name)
 
     def get_stats(self) -> Dict[str, int]:
         """Gauges and counters with the sync pools' (psycopg_pool's) key names."""
@@ -329,7 +331,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             record = self._idle.pop() if self._lifo else self._idle.popleft()
             if not record.expired(now):
                 return record
-            logger.debug("idle connection past its lifetime closed")
+            logger.debug("%s: idle connection past its lifetime closed", self.name)
             self._discard(record)
         if self._size < self._max_size:
             self._size += 1
@@ -353,7 +355,7 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._abandon(waiter)
             self._timeouts += 1
             waited = time.monotonic() - started
-            logger.info("async pool: checkout timed out after %.3f s", waited)
+            log.timed_out(self.name, waited)
             limits = f"timeout={self._timeout:g}, max_size={self._max_size}"
             raise PoolTimeoutError(exhausted_message(waited, limits, len(self._waiters)))
         result: Union[ConnRecord, _SlotGrant] = waiter.result()
@@ -399,13 +401,13 @@ class AsyncConnectionPool(Generic[ConnT]):
             self._discard(record)
             raise
         except Exception as error:
-            logger.info("connection check raised %s", _describe(error))
+            log.check_raised(self.name, error)
             healthy = False
         if self._closed:
             self._discard(record)
             raise PoolError(CLOSED_MESSAGE)
         if not healthy:
-            logger.info("connection failed its check; discarded, trying the next")
+            log.dead_dropped(self.name, "check")
             self._stats.connections_lost += 1
             self._dispose(record.conn)
         return healthy
@@ -430,6 +432,9 @@ class AsyncConnectionPool(Generic[ConnT]):
         self._stats.connections_ms += (now - started) * 1000.0
         if self._observer is not None:
             self._observer.created(self.name, now - started)
+        failures, self._connect_failures = self._connect_failures, 0
+        if failures:
+            log.reconnected(self.name, failures)
         return ConnRecord(conn, None, now, self._max_lifetime)
 
     def _connect_done(self, task: asyncio.Task[ConnRecord]) -> None:
@@ -441,7 +446,8 @@ class AsyncConnectionPool(Generic[ConnT]):
         error = task.exception()
         if error is not None:
             self._stats.connections_errors += 1
-            logger.warning("async pool could not connect: %s", _describe(error))
+            self._connect_failures += 1
+            log.connect_failed(self.name, error)
             self._free_slot()
 
     def _adopt(self, task: asyncio.Task[ConnRecord]) -> None:
@@ -454,7 +460,7 @@ class AsyncConnectionPool(Generic[ConnT]):
         try:
             await _call(reset, record.conn)
         except Exception as error:
-            logger.warning("reset failed, connection discarded: %s", _describe(error))
+            log.reset_failed(self.name, error)
             self._stats.returns_bad += 1
             self._discard(record)
             return
@@ -498,19 +504,27 @@ class AsyncConnectionPool(Generic[ConnT]):
         try:
             closing = self._releaser(conn)
         except Exception as error:
-            logger.debug("error closing a connection: %s", _describe(error))
+            self._log_close_error(error)
             return
         if inspect.isawaitable(closing):
             task = self._spawn(closing)
-            task.add_done_callback(_log_close_error)
+            task.add_done_callback(self._close_done)
 
     def _close_idle_expired(self, now: float) -> None:
         """Close connections idle longer than ``max_idle``, keeping ``min_size``."""
         while self._idle and idle_too_long(
             self._idle[0], now, self._max_idle, self._size, self._min_size
         ):
-            logger.debug("connection idle longer than max_idle closed")
+            logger.debug("%s: connection idle longer than max_idle closed", self.name)
             self._discard(self._idle.popleft())
+
+    def _close_done(self, task: asyncio.Task[Any]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._log_close_error(error)
+
+    def _log_close_error(self, error: BaseException) -> None:
+        logger.debug("%s: error closing a connection: %s", self.name, _describe(error))
 
     def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(awaitable, loop=self._running_loop())
@@ -611,8 +625,3 @@ class AsyncConnectionPool(Generic[ConnT]):
             pop=pop,
         )
 
-
-def _log_close_error(task: asyncio.Task[Any]) -> None:
-    error = None if task.cancelled() else task.exception()
-    if error is not None:
-        logger.debug("error closing a connection: %s", _describe(error))

@@ -34,6 +34,7 @@ from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
 from .dsn import libpq_dsn, pool_id, target_name
+from .engine import log
 from .engine.stats import Figures, Observer, register
 from .health import Psycopg2Driver
 from .options import PoolOptions
@@ -240,7 +241,7 @@ def _close_within(handles: List[Any], deadline: float) -> List[int]:
     return left
 
 
-def _settle(handle: Any) -> bool:
+def _settle(name: str, handle: Any) -> bool:
     """Make a returned connection idle again; return False when it must be discarded.
 
     An open transaction is rolled back; a connection that is closed, lost (status unknown),
@@ -257,7 +258,7 @@ def _settle(handle: Any) -> bool:
             handle.rollback()
             return True
     except psycopg2.Error as error:  # the server went away, or shutdown closed it
-        logger.info("returned connection is unusable (%s); discarded", type(error).__name__)
+        log.reset_failed(name, error)
     return False
 
 
@@ -265,7 +266,10 @@ class _Lease:
     """What a connection taken by ``PoolManager.connection`` is locked to (by weak reference)
     for the duration of the ``with`` block."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("__weakref__", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()  # for the timeout's log line
 
 
 # -- Connection ----------------------------------------------------------------------------
@@ -395,11 +399,11 @@ class Pool:
             if not full:
                 self.connections[id(connection)] = Connection(connection)
         if full:
-            logger.warning("Pool %s is full: closing the connection that cannot be added",
-                           self.id)
+            logger.warning("%s: pool full: closing the connection that cannot be added",
+                           self.name)
             _DRIVER.dispose(connection)
             raise PoolFullError(self.id)
-        logger.debug("Pool %s added connection %s", self.id, id(connection))
+        logger.debug("%s: added connection %s", self.name, id(connection))
 
     @property
     def busy_connections(self) -> List[Connection]:
@@ -412,15 +416,15 @@ class Pool:
         with self._lock:
             for connection in self._snapshot():
                 if connection.closed and not connection._held():
-                    logger.debug("Pool %s removing closed connection %s", self.id,
+                    logger.debug("%s: removing closed connection %s", self.name,
                                  connection.id)
                     self.remove(connection.handle)
             if self.idle_duration > self.idle_ttl:
                 try:
                     self.close()
                 except ConnectionBusyError as error:
-                    logger.debug("Pool %s idle TTL passed but %s", self.id, error)
-        logger.debug("Pool %s cleaned", self.id)
+                    logger.debug("%s: idle TTL passed but %s", self.name, error)
+        logger.debug("%s: cleaned", self.name)
 
     def close(self) -> None:
         """Close and remove every connection. Busy ones stay; the first raises
@@ -432,7 +436,7 @@ class Pool:
                     self.remove(connection.handle)
                 except ConnectionBusyError:
                     busy.append(cid)
-        logger.debug("Pool %s closed", self.id)
+        logger.debug("%s: closed", self.name)
         if busy:
             raise ConnectionBusyError(busy[0])
 
@@ -452,7 +456,7 @@ class Pool:
 
     def free(self, connection: Any) -> None:
         """Release a session's hold on ``connection``. Raises ``ConnectionNotFoundError``."""
-        logger.debug("Pool %s freeing connection %s", self.id, id(connection))
+        logger.debug("%s: freeing connection %s", self.name, id(connection))
         with self._lock:
             try:
                 wrapper = self.connection_handle(connection)
@@ -473,8 +477,7 @@ class Pool:
             self._prune_closed()
             for connection in self.idle_connections:
                 if not _is_usable(connection):
-                    logger.info("Pool %s dropping connection %s: server closed it", self.id,
-                                connection.id)
+                    log.dead_dropped(self.name, "socket")
                     self.remove(connection.handle)
                     continue
                 connection.lock(session)
@@ -514,7 +517,7 @@ class Pool:
                 raise ConnectionNotFoundError(self.id, cid) from None
             wrapper.lock(session)
             self.idle_start = None
-        logger.debug("Pool %s locked connection %s", self.id, cid)
+        logger.debug("%s: locked connection %s", self.name, cid)
 
     @property
     def locked_connections(self) -> List[Connection]:
@@ -531,7 +534,7 @@ class Pool:
             self.connection_handle(connection).close()
             del self.connections[cid]
             _CHANGED.notify_all()
-        logger.debug("Pool %s removed connection %s", self.id, cid)
+        logger.debug("%s: removed connection %s", self.name, cid)
 
     def report(self) -> Dict[str, Any]:
         """The pool's state and configuration (queries' keys, plus ``waiting``)."""
@@ -625,7 +628,7 @@ class Pool:
         for handle in idle:
             _DRIVER.dispose(handle)
         left = executing + _close_within([h for h in held if not h.closed], deadline)
-        logger.debug("Pool %s shut down, %d connection(s) left open", self.id, len(left))
+        logger.debug("%s: shut down, %d connection(s) left open", self.name, len(left))
         return left
 
 
@@ -692,7 +695,7 @@ class PoolManager:
         with cls._lock:
             pool = cls._pools.get(pid)
             if pool is None:
-                logger.debug("Pool clean invoked against missing pool %s", pid)
+                logger.debug("%s: clean invoked, but there is no such pool", pid)
                 return
             pool.clean()
             cls._maybe_remove_pool(pid)
@@ -710,7 +713,7 @@ class PoolManager:
         with cls._lock:
             if pid in cls._pools:
                 raise KeyError(f"Pool {pid} already exists")
-            logger.debug("Creating Pool: %s (%s/%s)", pid, idle_ttl, max_size)
+            logger.debug("%s: creating pool (idle_ttl=%s, max_size=%s)", pid, idle_ttl, max_size)
             cls._pools[pid] = Pool(pid, idle_ttl, max_size, time_method)
 
     @classmethod
@@ -718,7 +721,7 @@ class PoolManager:
         """Free a connection a session held. ``ConnectionNotFoundError`` (a ``KeyError``)
         when the connection or the pool is gone."""
         with cls._lock:
-            logger.debug("Freeing %s from pool %s", id(connection), pid)
+            logger.debug("%s: freeing connection %s", pid, id(connection))
             pool = cls._pools.get(pid)
             if pool is None:
                 raise ConnectionNotFoundError(pid, id(connection))
@@ -943,11 +946,11 @@ class PoolManager:
     def _sweep(cls) -> None:
         """One background cleaner pass over every pool."""
         with cls._lock:
-            for pid, pool in list(cls._pools.items()):
+            for pool in list(cls._pools.values()):
                 try:
                     pool.clean()
                 except Exception:  # one bad pool must not stop the cleaner
-                    logger.exception("cleaning pool %s failed", pid)
+                    logger.exception("%s: cleaning failed", pool.name)
 
     @classmethod
     def _checkout(
@@ -1018,6 +1021,7 @@ class PoolManager:
                     if remaining is None or remaining <= 0:
                         if remaining is not None:
                             pool._timeouts += 1
+                            log.timed_out(pool.name, time.monotonic() - lease.started)
                         raise PoolFullError(pid)
                     if queued_in is not pool:
                         pool._waiters.append(ticket)
@@ -1032,7 +1036,7 @@ class PoolManager:
     def _checkin(cls, pid: str, pool: Pool, handle: Any) -> None:
         """Roll back and free a connection taken by ``connection()``; close and remove it
         when it is broken or its pool has gone."""
-        usable = _settle(handle)  # I/O: with no lock held; the connection is still ours
+        usable = _settle(pool.name, handle)  # I/O: with no lock held; the connection is still ours
         if not usable:
             _DRIVER.dispose(handle)
         with cls._lock:

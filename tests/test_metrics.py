@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import threading
 import time
@@ -397,3 +398,83 @@ def test_without_opentelemetry_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
         metrics.instrument()
     message = str(error.value)
     assert "\n" not in message and "pip install 'pgpool_compat[metrics]'" in message
+
+
+# -- one log vocabulary ---------------------------------------------------------------------
+
+
+def timeout_lines(caplog: pytest.LogCaptureFixture, name: str) -> List[str]:
+    return [
+        record.getMessage() for record in caplog.records
+        if record.name == "pgpool_compat"
+        and record.getMessage().startswith(f"{name}: checkout timed out after ")
+    ]  # fmt: skip
+
+
+def test_every_face_words_a_timeout_alike(
+    pg_dsn: str, own_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgpool_compat")
+    named = unique("words")
+    threaded = pgpool_compat.ThreadedConnectionPool(0, 1, pg_dsn, pool_name=named,
+                                                    pool_timeout=0.05)
+    factory: Any = pgpool_compat.ConnectionPool(
+        lambda: psycopg2.connect(pg_dsn), min_size=0, max_size=1, timeout=0.05
+    )
+    names = [named, factory.name]
+    try:
+        for borrow in (threaded.getconn, factory.acquire):
+            borrow()
+            with pytest.raises(pgpool_compat.PoolTimeout):
+                borrow()
+    finally:
+        threaded.closeall()
+        factory.close_all()
+
+    async def async_timeout() -> str:
+        async def connect() -> Any:
+            return psycopg2.connect(pg_dsn)
+
+        async with pgpool_compat.AsyncConnectionPool(
+            connect, min_size=0, max_size=1, timeout=0.05
+        ) as pool:
+            async with pool.connection():
+                with pytest.raises(pgpool_compat.PoolTimeoutError):
+                    await pool.acquire()
+            return str(pool.name)
+
+    names.append(asyncio.run(async_timeout()))
+    params = psycopg2.extensions.parse_dsn(own_database)
+    names.append(f"{params['host']}:{params['port']}/{params['dbname']}")
+    with PoolManager.connection(own_database, max_size=1), pytest.raises(
+        pgpool_compat.PoolFullError
+    ), PoolManager.connection(own_database, timeout=0.05):
+        pass
+    for name in names:
+        assert len(timeout_lines(caplog, name)) == 1, (name, caplog.text)
+
+
+def test_a_connect_that_succeeds_after_failures_is_logged_as_reconnected(
+    pg_dsn: str, pools: List[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = [2]
+
+    class Flaky(psycopg2.extensions.connection):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if failures[0]:
+                failures[0] -= 1
+                raise psycopg2.OperationalError("server not there yet")
+            super().__init__(*args, **kwargs)
+
+    caplog.set_level(logging.INFO, logger="pgpool_compat")
+    name = unique("flaky")
+    pool = pgpool_compat.ThreadedConnectionPool(0, 1, pg_dsn, pool_name=name,
+                                                connection_factory=Flaky)
+    pools.append(pool)
+    for _ in range(2):
+        with pytest.raises(psycopg2.OperationalError):
+            pool.getconn()
+    pool.putconn(pool.getconn())
+    messages = [r.getMessage() for r in caplog.records if r.name == "pgpool_compat"]
+    assert messages.count(f"{name}: connection failed: OperationalError") == 2, messages
+    assert f"{name}: reconnected after 2 failed connects" in messages, messages

@@ -31,9 +31,13 @@ POOLS: Dict[str, str] = {
         "import pgpool_compat as m; p = m.ThreadedConnectionPool(1, 4, dsn, pool_timeout=30, "
         "pool_max_idle=300, pool_max_lifetime=3600)"
     ),
-    "pgpool_compat metrics on": (
+    "pgpool_compat metrics on (OTel SDK)": (
         "import pgpool_compat as m; from pgpool_compat.metrics import observe_alone; "
         "p = m.ThreadedConnectionPool(1, 4, dsn); observe_alone(p)"
+    ),
+    "pgpool_compat metrics on (Prometheus)": (
+        "import pgpool_compat as m; from pgpool_compat.metrics import PrometheusCollector; "
+        "c = PrometheusCollector(); p = m.ThreadedConnectionPool(1, 4, dsn)"
     ),
 }
 
@@ -78,9 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             for name, make in POOLS.items()
         }
     stock = costs["psycopg2.pool (stock)"]
-    print(f"{'pool':32} {'instructions/pair':>18} {'vs stock':>9}")
+    print(f"{'pool':40} {'instructions/pair':>18} {'vs stock':>9}")
     for name, cost in costs.items():
-        print(f"{name:32} {cost:18,.0f} {cost / stock:8.2f}x")
+        print(f"{name:40} {cost:18,.0f} {cost / stock:8.2f}x")
     return 0
 
 

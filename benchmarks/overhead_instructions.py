@@ -13,12 +13,22 @@ difference divided by ``--ops`` is the cost of one pair, start-up excluded.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
 from contextlib import ExitStack
 from typing import Dict, List, Optional
+
+_RUNNER = (
+    "from pgpool_compat.engine.threaded import ThreadedRunner; "
+    "from pgpool_compat.settings import Settings; "
+    "from pgpool_compat.driver import Psycopg2Driver; "
+    "from pgpool_compat.options import PoolOptions; "
+    "p = ThreadedRunner(Settings(min_size=1, max_size=4, timeout=0{extra}), "
+    "Psycopg2Driver((dsn,), {{}}, PoolOptions())); p.prefill()"
+)
 
 #: The pools compared, as the code the child process runs to make one (``dsn`` in scope).
 POOLS: Dict[str, str] = {
@@ -31,6 +41,12 @@ POOLS: Dict[str, str] = {
         "import pgpool_compat as m; p = m.ThreadedConnectionPool(1, 4, dsn, pool_timeout=30, "
         "pool_max_idle=300, pool_max_lifetime=3600)"
     ),
+    "ConnectionPool (factory)": (
+        "import pgpool_compat as m, psycopg2; "
+        "p = m.ConnectionPool(lambda: psycopg2.connect(dsn), min_size=1, max_size=4)"
+    ),
+    "engine runner, psycopg2 driver": _RUNNER.format(extra=""),
+    "engine runner, check=None": _RUNNER.format(extra=", check=None"),
     "pgpool_compat metrics on (OTel SDK)": (
         "import pgpool_compat as m; from pgpool_compat.metrics import observe_alone; "
         "p = m.ThreadedConnectionPool(1, 4, dsn); observe_alone(p)"
@@ -45,7 +61,8 @@ CHILD = """
 import sys
 dsn, ops = sys.argv[1], int(sys.argv[2])
 {make}
-get, put = p.getconn, p.putconn
+get = getattr(p, "getconn", None) or p.acquire
+put = getattr(p, "putconn", None) or p.release
 for _ in range(ops):
     put(get())
 """
@@ -57,11 +74,20 @@ def instructions(make: str, dsn: str, ops: int) -> int:
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
         sys.executable, "-c", CHILD.format(make=make), dsn, str(ops),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    # A fixed hash seed: dict and set layouts, hence instruction counts, repeat run to run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=600, env=env
+    )
     match = re.search(r"refs:\s*([\d,]+)", result.stderr)
     if match is None:
         raise RuntimeError("callgrind printed no instruction count")
     return int(match.group(1).replace(",", ""))
+
+
+def cost_per_pair(make: str, dsn: str, ops: int) -> float:
+    """Instructions one checkout+checkin pair costs, start-up excluded."""
+    return (instructions(make, dsn, ops) - instructions(make, dsn, 0)) / ops
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -77,10 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from pgpool_compat.testing import PostgresServer
 
             dsn = stack.enter_context(PostgresServer()).dsn
-        costs = {
-            name: (instructions(make, dsn, args.ops) - instructions(make, dsn, 0)) / args.ops
-            for name, make in POOLS.items()
-        }
+        costs = {name: cost_per_pair(make, dsn, args.ops) for name, make in POOLS.items()}
     stock = costs["psycopg2.pool (stock)"]
     print(f"{'pool':40} {'instructions/pair':>18} {'vs stock':>9}")
     for name, cost in costs.items():

@@ -5,7 +5,7 @@
 #
 # Creates .venv, installs the package with its test, bench and plot extras, makes sure a
 # PostgreSQL server is available (local binaries, the pgserver wheel, or PGPOOL_TEST_DSN) and
-# PgBouncer (Debian package, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
+# PgBouncer and valgrind (Debian packages, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +73,16 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
         apt_install pgbouncer
     else
         say "pgbouncer not found: the PgBouncer tests need it (as root: apt-get install pgbouncer)"
+    fi
+fi
+
+# valgrind for the hot-path gate (tests/test_hot_path_gate.py counts instructions).
+if ! command -v valgrind >/dev/null; then
+    if is_root && command -v apt-get >/dev/null; then
+        say "installing the Debian package valgrind"
+        apt_install valgrind
+    else
+        say "valgrind not found: the hot-path gate is skipped (as root: apt-get install valgrind)"
     fi
 fi
 

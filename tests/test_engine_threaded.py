@@ -332,3 +332,16 @@ def test_psycopg2_dead_connection_is_never_handed_out(
     fresh = runner.acquire()
     assert fresh is not conn and scalar(fresh, "SELECT 1") == 1
     assert runner.stats()["connections_lost"] == 1
+
+
+def test_close_idle_keeps_the_pool_open_and_borrowed_untouched(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    runner = factory_runner(runners, max_size=3)
+    idle, borrowed = runner.acquire(), runner.acquire()
+    runner.release(idle)
+    assert runner.close_idle() == 1
+    assert idle.closed and not borrowed.closed and not runner.closed
+    assert runner.figures().size == 1
+    runner.release(borrowed)
+    assert runner.acquire() is borrowed

@@ -199,6 +199,20 @@ class ThreadedRunner(Generic[ConnT]):
             batch = self.core.take_all_idle(key, every_key)
         return self._recheck(batch, self._checks.full_check)
 
+    def close_idle(self) -> int:
+        """Close every idle connection now and return how many; the pool stays open and
+        borrowed connections are untouched (nextorm's ``close_all()``, escudeiro's
+        ``dispose()``). Freed slots go to waiters."""
+        with self._lock:
+            if self.core.closed:
+                return 0
+            batch = self.core.take_all_idle()
+            now = monotonic()
+            for entry in batch:
+                self.core.settled(entry, False, now)
+        self._dispose_doomed()
+        return len(batch)
+
     def close(self, close_borrowed: bool = True) -> None:
         """Close the idle connections (and the borrowed ones, unless told not to), fail
         the waiters, stop the keeper. Idempotent."""

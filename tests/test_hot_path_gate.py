@@ -1,0 +1,73 @@
+"""Regression gate on the hot path: checkout+checkin cost in CPU instructions vs stock.
+
+Instruction counts (valgrind's callgrind, via ``benchmarks/overhead_instructions.py``) do
+not swing with the machine's load the way wall-clock timings do, so a ceiling on the ratio
+to stock psycopg2.pool, measured in the same run, is a test that can fail for real.
+
+Ceilings: the issue-11 targets where they are met (2.0x with the probe on, 1.3x without,
+the factory pool within 10% of the psycopg2 face), the measured figure plus a margin where
+the psycopg2 face still runs on the pre-engine code (see CHANGELOG / docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+pytestmark = [
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed"),
+]
+
+OPS = 3000
+
+_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "overhead_instructions.py"
+
+
+def _bench_module() -> Any:
+    spec = importlib.util.spec_from_file_location("overhead_instructions", _SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ratios(pg_dsn: str) -> Dict[str, float]:
+    bench = _bench_module()
+    names = [
+        "psycopg2.pool (stock)",
+        "pgpool_compat defaults",
+        "pgpool_compat pool_check=None",
+        "ConnectionPool (factory)",
+        "engine runner, psycopg2 driver",
+        "engine runner, check=None",
+    ]
+    costs = {name: bench.cost_per_pair(bench.POOLS[name], pg_dsn, OPS) for name in names}
+    stock = costs["psycopg2.pool (stock)"]
+    return {name: cost / stock for name, cost in costs.items()}
+
+
+def test_engine_with_the_probe_on_is_at_most_2x_stock(ratios: Dict[str, float]) -> None:
+    assert ratios["engine runner, psycopg2 driver"] <= 2.0, ratios
+
+
+def test_engine_without_checks_is_at_most_1_3x_stock(ratios: Dict[str, float]) -> None:
+    assert ratios["engine runner, check=None"] <= 1.3, ratios
+
+
+def test_factory_pool_costs_no_more_than_the_psycopg2_face_plus_10_percent(
+    ratios: Dict[str, float],
+) -> None:
+    # Like for like: neither probes (a factory connection has no socket probe).
+    assert ratios["ConnectionPool (factory)"] <= 1.1 * ratios["pgpool_compat pool_check=None"]
+
+
+def test_psycopg2_face_does_not_regress(ratios: Dict[str, float]) -> None:
+    # Measured 1.73x / 1.55x on the pre-engine code; a margin for run-to-run noise.
+    assert ratios["pgpool_compat defaults"] <= 2.0, ratios
+    assert ratios["pgpool_compat pool_check=None"] <= 1.7, ratios

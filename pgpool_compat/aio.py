@@ -57,6 +57,7 @@ from .lifecycle import (
 )
 from .records import ConnRecord
 from .stats import PoolStats
+from .timing import plain_method, time_methods
 
 __all__ = ["AsyncConnectionPool"]
 
@@ -591,28 +592,28 @@ class AsyncConnectionPool(Generic[ConnT]):
         # Wraps this instance's acquire/release, so that a pool without an observer runs
         # exactly the code it ran before.
         self._observer = observer
-        self.__dict__.pop("acquire", None)
-        self.__dict__.pop("release", None)
+        time_methods(self, None)
         if observer is None:
             return
         clock = time.monotonic
-        plain_acquire, plain_release = self.acquire, self.release
-        name = self.name
+        plain_acquire = plain_method(self, "acquire")
+        plain_release = plain_method(self, "release")
+        name, out = self.name, self._out  # not self: no reference cycle
 
         async def acquire() -> ConnT:
             started = clock()
-            conn = await plain_acquire()
+            conn: ConnT = await plain_acquire()
             observer.waited(name, clock() - started)
             return conn
 
         async def release(conn: ConnT) -> None:
-            record = self._out.get(id(conn))
+            record = out.get(id(conn))
             checked_out_at = None if record is None else record.checked_out_at
             await plain_release(conn)
             if checked_out_at is not None:
                 observer.used(name, clock() - checked_out_at)
 
-        self.__dict__.update(acquire=acquire, release=release)
+        time_methods(self, {"acquire": acquire, "release": release})
 
     def _stats_dict(self, *, pop: bool) -> Dict[str, int]:
         return pool_stats(

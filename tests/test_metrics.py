@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import psycopg2
@@ -478,3 +479,38 @@ def test_a_connect_that_succeeds_after_failures_is_logged_as_reconnected(
     messages = [r.getMessage() for r in caplog.records if r.name == "pgpool_compat"]
     assert messages.count(f"{name}: connection failed: OperationalError") == 2, messages
     assert f"{name}: reconnected after 2 failed connects" in messages, messages
+
+
+def test_timing_keeps_a_patched_method_and_holds_the_pool_weakly(pg_dsn: str) -> None:
+    calls: List[Any] = []
+    name = unique("patched")
+    pool = pgpool_compat.ThreadedConnectionPool(0, 1, pg_dsn, pool_name=name)
+    original = [pool.getconn]  # a list, emptied before the pool is let go
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original[0](*args, **kwargs)
+
+    pool.getconn = patched  # type: ignore[method-assign]  # a user's patch, before metrics
+    memory = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[memory])
+    metrics.instrument(meter_provider=provider)
+    try:
+        pool.putconn(pool.getconn())
+        assert calls == [()]  # the patch ran, inside the timing
+        assert Reading(memory).value("db.client.connection.wait_time", name).count == 1
+        metrics.uninstrument()
+        assert pool.getconn is patched  # put back as the user left it
+        metrics.instrument(meter_provider=provider)
+        pool.closeall()
+        gone = weakref.ref(pool)
+        gc.disable()  # freed by reference counting, as without metrics: no cycle through them
+        try:
+            original.clear()
+            del pool, patched
+            assert gone() is None
+        finally:
+            gc.enable()
+    finally:
+        metrics.uninstrument()
+        provider.shutdown()

@@ -21,7 +21,16 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 from . import __version__
 from .engine import stats
 
-__all__ = ["BUCKETS", "PrometheusCollector", "instrument", "uninstrument"]
+__all__ = [
+    "BUCKETS",
+    "PoolFigures",
+    "PrometheusCollector",
+    "instrument",
+    "label_of",
+    "observe_alone",
+    "pool_figures",
+    "uninstrument",
+]
 
 #: Histogram bucket bounds, in seconds, for create, wait and use times: from a hand-over
 #: from the idle set (well under a millisecond) to a connect through a slow network.
@@ -33,11 +42,11 @@ BUCKETS: Tuple[float, ...] = (
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 
-#: The three durations: (name in the conventions, description).
+#: The three durations: (name in the conventions, _PoolObserver attribute, description).
 DURATIONS = (
-    ("create_time", "The time it took to create a new connection"),
-    ("wait_time", "The time it took to obtain an open connection from the pool"),
-    ("use_time", "The time between borrowing a connection and returning it to the pool"),
+    ("create_time", "create", "The time it took to create a new connection"),
+    ("wait_time", "wait", "The time it took to obtain an open connection from the pool"),
+    ("use_time", "use", "The time between borrowing a connection and returning it to the pool"),
 )
 
 #: The gauges: (name in the conventions, unit, description, figure).
@@ -51,7 +60,9 @@ GAUGES = (
      "The number of current pending requests for an open connection", "pending_requests"),
 )  # fmt: skip
 
-COUNT_DESCRIPTION = "The number of connections that are currently in the state described"
+COUNT_DESCRIPTION = (
+    "The number of connections that are currently in state described by the state attribute"
+)
 TIMEOUTS_DESCRIPTION = (
     "The number of connection timeouts that have occurred trying to obtain a connection "
     "from the pool"
@@ -208,7 +219,7 @@ class _OpenTelemetry:
                 description=description,
                 explicit_bucket_boundaries_advisory=list(BUCKETS),
             )
-            for name, description in DURATIONS
+            for name, _attribute, description in DURATIONS
         }
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
@@ -348,11 +359,11 @@ class PrometheusCollector:
         for figures in pools:
             timeouts.add_metric([figures.name], figures.timeouts)
         families.append(timeouts)
-        for name, description in DURATIONS:
+        for name, attribute, description in DURATIONS:
             histogram = core.HistogramMetricFamily(
                 f"db_client_connection_{name}_seconds", description, labels=["pool_name"]
             )
-            for pool_name, (counts, total) in _merged(observers, name).items():
+            for pool_name, (counts, total) in _merged(observers, attribute).items():
                 histogram.add_metric([pool_name], _cumulative(counts), total)
             families.append(histogram)
         return families
@@ -364,10 +375,9 @@ def _collector_gone() -> None:
 
 
 def _merged(
-    observers: Sequence[_PoolObserver], duration: str
+    observers: Sequence[_PoolObserver], attribute: str
 ) -> Dict[str, Tuple[List[int], float]]:
     """One duration's histograms by pool name, those sharing a name added together."""
-    attribute = duration.split("_")[0]  # create_time -> create
     merged: Dict[str, Tuple[List[int], float]] = {}
     for observer in observers:
         counts, total = getattr(observer, attribute).snapshot()

@@ -11,6 +11,8 @@ from psycopg2.pool import PoolError
 
 __all__ = [
     "CLOSED_MESSAGE",
+    "DUPLICATE_MESSAGE",
+    "NOT_BORROWED_MESSAGE",
     "DuplicateConnection",
     "NotBorrowed",
     "PoolClosed",
@@ -21,6 +23,16 @@ __all__ = [
 
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
+
+#: ``release()`` of an object the pool did not hand out, or already took back: every
+#: factory face, sync and async, words it so.
+NOT_BORROWED_MESSAGE = "trying to release a connection this pool did not hand out"
+
+#: A connect that brought no new object (``%s``: what it brought instead).
+DUPLICATE_MESSAGE = (
+    "the connection factory returned %s; each connect must return a new connection "
+    "(nothing was handed out and the slot is free again)"
+)
 
 
 class PoolTimeout(PoolError):  # type: ignore[misc]  # psycopg2 ships no stubs

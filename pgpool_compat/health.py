@@ -63,6 +63,10 @@ class Driver(Generic[ConnT]):
         """``None``: unusable, discard; ``False``: clean, keep as is; ``True``: needs ``reset``."""
         return False
 
+    def share(self, conn: ConnT, state: Any) -> None:
+        """``conn`` went to a second holder (``getconn(key)`` twice). From now on another
+        thread may be using it whenever it looks idle: never probe, ping or cut it off."""
+
     def reset(self, conn: ConnT, state: Any) -> None:
         """Make a returned connection fit for the next borrower; raise if it cannot be."""
 
@@ -96,13 +100,14 @@ class SessionDefaults:
 class _ConnState:
     """The psycopg2 driver's memory of one connection."""
 
-    __slots__ = ("defaults", "poller")
+    __slots__ = ("defaults", "poller", "shared")
 
     def __init__(self, conn: Any, defaults: Optional[SessionDefaults]) -> None:
         # One poll object per connection: registering anew on every probe doubles its cost.
         self.poller = select.poll()
         self.poller.register(conn.fileno(), _READABLE)
         self.defaults = defaults
+        self.shared = False  # see Driver.share
 
 
 class Psycopg2Driver(Driver[Any]):
@@ -133,15 +138,28 @@ class Psycopg2Driver(Driver[Any]):
         poller = state.poller
         if not poller.poll(0):
             return True
-        # Readable while idle: a notification, a notice, or the server hanging up. Let libpq
-        # consume what is there; if the socket is still readable, it is at end of stream.
+        if state.shared:
+            # The data may be another holder's query results: libpq must not be entered from
+            # two threads. Handed out untouched, as psycopg2.pool does.
+            return True
+        # Readable while idle: a notification, or the server hanging up. Let libpq consume
+        # what is there; if the socket is still readable, it is at end of stream.
+        notices = conn.notices
+        last_notice = _last(notices)
         try:
             conn.poll()
         except psycopg2.Error:
             return False
+        if _last(notices) is not last_notice:
+            # A server speaks unprompted to an idle session only to end it: a terminated
+            # backend sends its FATAL (libpq files it as a notice) long before it closes the
+            # socket when its exit has temp tables to drop.
+            return False
         return not conn.closed and not poller.poll(0)
 
     def ping(self, conn: Any, state: Any, timeout: float) -> bool:
+        if state.shared:
+            return not conn.closed  # see is_alive
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit
@@ -166,10 +184,15 @@ class Psycopg2Driver(Driver[Any]):
             return None
         return self._always_reset or status != _STATUS_IDLE
 
+    def share(self, conn: Any, state: Any) -> None:
+        state.shared = True
+
     def reset(self, conn: Any, state: Any) -> None:
-        # Bounded like a ping: on a network that stalled silently, putconn must not hang.
+        # Bounded like a ping: on a network that stalled silently, putconn must not hang. Not
+        # a shared connection: the cut-off would end the other holder's query.
         timeout = self._options.check_timeout
-        with _cut_off_after(conn.fileno(), timeout) as cut:
+        shared = state is not None and state.shared
+        with _cut_off_after(conn.fileno(), None if shared else timeout) as cut:
             if conn.get_transaction_status() != _STATUS_IDLE:
                 conn.rollback()
             if self._discard and self._custom_reset is None:
@@ -189,9 +212,22 @@ class Psycopg2Driver(Driver[Any]):
             logger.debug("error closing a connection: %s", _first_line(error))
 
 
+def _last(notices: Any) -> Any:
+    """The newest entry of ``conn.notices`` (a list, or whatever the user put there)."""
+    try:
+        return notices[-1] if notices else None
+    except (TypeError, IndexError, KeyError):  # an append-only sink: nothing to compare
+        return None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# Shared by every watchdog of the process, so that an alarm armed before a fork can never be
+# mistaken for one armed by the child's new watchdog.
+_alarm_ids = itertools.count()
 
 
 class _Watchdog:
@@ -205,17 +241,14 @@ class _Watchdog:
         self._cond = threading.Condition(threading.Lock())
         self._alarms: List[Tuple[float, int, int]] = []  # (deadline, alarm id, fd)
         self._armed: Dict[int, bool] = {}  # alarm id -> fired
-        self._ids = itertools.count()
         self._thread: Optional[threading.Thread] = None
-        self._pid = 0
 
     def arm(self, fd: int, timeout: float) -> int:
         with self._cond:
-            alarm = next(self._ids)
+            alarm = next(_alarm_ids)
             heapq.heappush(self._alarms, (time.monotonic() + timeout, alarm, fd))
             self._armed[alarm] = False
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pgpool_compat-watchdog", daemon=True
                 )
@@ -226,7 +259,8 @@ class _Watchdog:
     def disarm(self, alarm: int) -> bool:
         """Forget the alarm; return whether it fired."""
         with self._cond:
-            return self._armed.pop(alarm)
+            # Missing when a fork came between arm and disarm: the child never fired it.
+            return self._armed.pop(alarm, False)
 
     def _run(self) -> None:
         with self._cond:
@@ -256,9 +290,13 @@ class _CutOff:
 
 
 @contextmanager
-def _cut_off_after(fd: int, timeout: float) -> Iterator[_CutOff]:
-    """Shut the socket down if the block is still waiting after ``timeout`` seconds."""
+def _cut_off_after(fd: int, timeout: Optional[float]) -> Iterator[_CutOff]:
+    """Shut the socket down if the block is still waiting after ``timeout`` seconds
+    (``None``: never)."""
     outcome = _CutOff()
+    if timeout is None:
+        yield outcome
+        return
     alarm = _watchdog.arm(fd, timeout)
     try:
         yield outcome
@@ -275,3 +313,18 @@ def _shutdown_socket(fd: int) -> None:
 
 
 _watchdog = _Watchdog()
+
+
+def _new_watchdog_after_fork() -> None:
+    """A forked child starts with no alarm, no thread and a free lock.
+
+    An inherited alarm names a socket the child shares with its parent: firing it in the
+    child would cut off the parent's session. A thread holding the lock at the fork does not
+    exist in the child, so the lock is replaced rather than waited for.
+    """
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks
+    os.register_at_fork(after_in_child=_new_watchdog_after_fork)

@@ -1057,19 +1057,22 @@ def _after_fork_in_child() -> None:
 
     Closing an inherited connection would end the parent's session; dropping the reference
     is safe (psycopg2 does not close a connection it collects in another process). A thread
-    holding the lock at the fork does not exist in the child, so the lock is replaced.
+    holding the lock at the fork does not exist in the child, so the lock is replaced; so is
+    the cleaner thread, which the child lacks but its pools' idle TTLs still need.
     """
     global _LOCK, _CHANGED
     _LOCK = threading.RLock()
     _CHANGED = threading.Condition(_LOCK)
     Connection._lock = Pool._lock = PoolManager._lock = _LOCK
-    PoolManager._cleaner = None
+    cleaner, PoolManager._cleaner = PoolManager._cleaner, None
     for pool in list(PoolManager._pools.values()):
         if isinstance(pool, Pool):
             pool.connections.clear()
             pool._reserved = 0
             pool._waiters.clear()
             pool.idle_start = None
+    if cleaner is not None and not cleaner.stopping.is_set():
+        PoolManager.start_cleaner(cleaner.interval)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks

@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,6 +97,39 @@ def test_socket_probe_keeps_a_connection_with_a_pending_notification(
     assert [n.payload for n in conn.notifies] == ["hello"]
     assert pool.get_stats()["connections_lost"] == 0
     pool.putconn(again)
+
+
+def test_probe_skips_connection_in_use_by_another_thread(pg_dsn: str, pools: List[Any]) -> None:
+    """Keyed connections are shared: one holder returns it while the other streams a query.
+    Later checkouts get it untouched (as stock does); a probe calling into libpq there would
+    read the other thread's rows and corrupt its protocol state."""
+    pool = threaded(pools, 1, 2, pg_dsn)
+    conn = pool.getconn("k")
+    assert pool.getconn("k") is conn
+    conn.autocommit = True
+    queries, errors = 200, []
+    done = threading.Event()
+
+    def stream() -> None:
+        try:
+            for _ in range(queries):
+                try:
+                    with conn.cursor() as cursor:
+                        cursor.execute("SELECT generate_series(1, 2000)")
+                        assert len(cursor.fetchall()) == 2000
+                except psycopg2.Error as error:
+                    errors.append(str(error).strip())
+        finally:
+            done.set()
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    pool.putconn(conn, "k")  # one holder is done; the other still streams
+    deadline = time.monotonic() + 20
+    while not done.is_set() and time.monotonic() < deadline:
+        pool.putconn(pool.getconn())
+    streamer.join(timeout=10)
+    assert done.is_set() and errors == []
 
 
 # -- pool_check="ping" ------------------------------------------------------------------------

@@ -7,9 +7,10 @@ tests talk to the real test server.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import psycopg2
 import pytest
@@ -345,3 +346,122 @@ def test_close_idle_keeps_the_pool_open_and_borrowed_untouched(
     assert runner.figures().size == 1
     runner.release(borrowed)
     assert runner.acquire() is borrowed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forked_child_starts_from_empty_books_and_never_closes_the_parents(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    runner = factory_runner(runners, max_size=2, timeout=0)
+    borrowed, idle = runner.acquire(), runner.acquire()
+    runner.release(idle)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave at once
+        try:
+            runner.release(borrowed)  # the parent's: forgotten, not closed, no error
+            fresh = runner.acquire()
+            report = f"{borrowed.closed} {idle.closed} {fresh is idle} {runner.figures().size}"
+        except BaseException as error:
+            report = repr(error)
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert pipe.read() == "False False False 1"
+    assert status == 0 and not borrowed.closed and not idle.closed
+    assert runner.figures().size == 2  # the parent's books are untouched
+
+
+def test_close_between_a_hand_off_and_the_waiter_waking_up(
+    runners: List[ThreadedRunner[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiter was handed a connection, then close() ran before it woke: it gets
+    PoolClosed (not a closed connection) and the books stay consistent."""
+    from pgpool_compat.engine import threaded
+
+    woken, gate = threading.Event(), threading.Event()
+    real_sleep = threaded._ThreadWaiter.sleep
+
+    def sleep_then_hold(self: Any, deadline: Any) -> None:
+        real_sleep(self, deadline)
+        woken.set()
+        assert gate.wait(5)
+
+    monkeypatch.setattr(threaded._ThreadWaiter, "sleep", sleep_then_hold)
+    runner = factory_runner(runners, max_size=1, timeout=5)
+    held = runner.acquire()
+    outcome: List[Any] = []
+
+    def waiter() -> None:
+        try:
+            outcome.append(runner.acquire())
+        except PoolError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 2
+    while runner.figures().pending < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    runner.release(held)  # handed to the waiter, which stops at the gate
+    assert woken.wait(5)
+    runner.close()
+    gate.set()
+    thread.join(5)
+    assert isinstance(outcome[0], PoolClosed) and held.closed
+    core = runner.core
+    assert (core.size, core.opening, len(core.out)) == (0, 0, 0)
+
+
+def test_a_factory_returning_none_is_refused_and_its_slot_freed(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    results: List[Any] = [None, Resource(1)]
+    runner = factory_runner(runners, lambda: results.pop(0), max_size=1, timeout=0)
+    with pytest.raises(DuplicateConnection, match="returned None"):
+        runner.acquire()
+    assert runner.figures().size == 0
+    assert isinstance(runner.acquire(), Resource)
+
+
+def test_threads_hammering_never_share_an_object_nor_exceed_the_caps(
+    runners: List[ThreadedRunner[Any]],
+) -> None:
+    """16 threads x 150 checkouts over 3 keys, max 2 per key and 4 in all, some returns
+    discarded, short timeouts: nobody ever holds what another holds, the caps hold, and the
+    books add up at the end."""
+    factory = Factory()
+    runner = factory_runner(runners, factory, max_size=2, total_max_size=4, timeout=0.05)
+    holders: Dict[int, int] = {}
+    guard = threading.Lock()
+    problems: List[str] = []
+
+    def worker(seed: int) -> None:
+        for n in range(150):
+            key = ("a", "b", "c")[(seed + n) % 3]
+            try:
+                conn = runner.acquire(key)
+            except PoolTimeout:
+                continue
+            with guard:
+                if id(conn) in holders:
+                    problems.append("one object lent twice")
+                holders[id(conn)] = seed
+                if runner.core.size > 4:
+                    problems.append("total cap exceeded")
+            with guard:
+                del holders[id(conn)]
+            runner.release(conn, discard=(seed + n) % 7 == 0)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive(), "a worker is stuck"
+    assert problems == []
+    figures = runner.figures()
+    assert figures.used == 0 and figures.pending == 0 and figures.size == figures.idle <= 4
+    assert figures.size == len([c for c in factory.made if not c.closed])

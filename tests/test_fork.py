@@ -10,6 +10,7 @@ Stock psycopg2.pool runs the same scenario to show the bug the test guards again
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -92,6 +93,26 @@ def _reap(pid: int, deadline: float) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise ChildHung(f"child {pid} reported but did not exit")
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """Run the block (a fork, typically) while a helper thread holds ``lock``."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            inside.set()
+            leave.wait(timeout=30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(timeout=10)
+        yield
+    finally:
+        leave.set()
+        holder.join(timeout=10)
 
 
 def server_pid(conn: Any) -> int:
@@ -241,31 +262,18 @@ def test_child_works_when_a_parent_thread_held_the_lock_at_fork(
 ) -> None:
     """A thread inside the pool at fork time does not exist in the child: its lock is stale."""
     pool = impl.ThreadedConnectionPool(3, 5, pg_dsn)
-    inside, leave = threading.Event(), threading.Event()
 
-    def hold_the_lock() -> None:
-        with pool._lock:
-            inside.set()
-            leave.wait(timeout=30)
+    def child() -> Dict[str, Any]:
+        conn = pool.getconn()
+        return {"pid": server_pid(conn)}
 
-    holder = threading.Thread(target=hold_the_lock, daemon=True)
-    holder.start()
-    try:
-        assert inside.wait(timeout=10)
-
-        def child() -> Dict[str, Any]:
-            conn = pool.getconn()
-            return {"pid": server_pid(conn)}
-
+    with held_by_another_thread(pool._lock):
         if impl is psycopg2.pool:
             with pytest.raises(ChildHung):
                 run_in_child(child, timeout=2.0)  # stock's child waits for ever
             return
         report = run_in_child(child, timeout=CHILD_TIMEOUT)
         assert report["pid"] not in {conn.info.backend_pid for conn in pool._pool}
-    finally:
-        leave.set()
-        holder.join(timeout=10)
         pool.closeall()
 
 
@@ -288,3 +296,85 @@ def test_child_returning_an_inherited_connection_drops_it(pg_dsn: str, explicit_
         assert server_pid(held) == held_pid  # the parent's session is untouched
         pool.putconn(held, key="held")
         assert held in pool._pool
+
+
+class SlowRollback(psycopg2.extensions.connection):
+    """A connection whose rollback takes a second: a reset is in flight long enough to fork."""
+
+    def rollback(self) -> None:
+        time.sleep(1.0)
+        super().rollback()
+
+
+def test_fork_during_reset_keeps_parent_connections(pg_dsn: str) -> None:
+    """A child forked while a parent thread resets a connection inherits that reset's alarm;
+    the child's own first reset must not start a watchdog that fires it on the shared socket."""
+    check_timeout = 2.0
+    pool = pgpool_compat.ThreadedConnectionPool(
+        1, 3, pg_dsn, connection_factory=SlowRollback, pool_check_timeout=check_timeout
+    )
+    try:
+        conn = pool.getconn()
+        backend = server_pid(conn)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")  # returned in a transaction: putconn resets it
+        returning = threading.Thread(target=pool.putconn, args=(conn,), daemon=True)
+        armed_at = time.monotonic()
+        returning.start()
+        time.sleep(0.3)  # inside the rollback, its alarm armed
+
+        def child() -> Dict[str, Any]:
+            mine = pool.getconn()
+            with mine.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            pool.putconn(mine)  # the child's first reset
+            # Live on past the inherited alarm's deadline, as a worker process would.
+            time.sleep(max(0.0, armed_at + check_timeout + 0.5 - time.monotonic()))
+            return {"pid": server_pid(pool.getconn())}
+
+        outcome: Dict[str, Any] = {}
+        forker = threading.Thread(
+            target=lambda: outcome.update(child=run_in_child(child)), daemon=True
+        )
+        forker.start()
+        returning.join(timeout=10)
+        again = pool.getconn()
+        assert again is conn
+        with again.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", (check_timeout + 1.0,))  # spans the alarm
+        assert server_pid(again) == backend
+        forker.join(timeout=CHILD_TIMEOUT + 5)
+        assert outcome["child"]["pid"] != backend
+    finally:
+        pool.closeall()
+
+
+def test_child_arms_a_reset_when_a_parent_thread_held_the_watchdog_lock(pg_dsn: str) -> None:
+    """A lock held at fork by a thread that does not exist in the child must not hang it."""
+    from pgpool_compat import health
+
+    def child() -> Dict[str, Any]:
+        conn = pool.getconn()
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        pool.putconn(conn)  # in a transaction: the reset arms the watchdog
+        return {"idle": len(pool._pool)}
+
+    pool = pgpool_compat.ThreadedConnectionPool(1, 2, pg_dsn)
+    with pool, held_by_another_thread(health._watchdog._cond):
+        assert run_in_child(child, timeout=5.0) == {"idle": 1}
+
+
+def test_child_runs_its_own_keeper(pg_dsn: str) -> None:
+    """The parent's keeper thread does not exist in a child: the child starts its own, which
+    refills the child's (emptied) pool to minconn."""
+    with pgpool_compat.ThreadedConnectionPool(2, 4, pg_dsn, pool_background=True) as pool:
+
+        def child() -> Dict[str, Any]:
+            deadline = time.monotonic() + 10
+            while len(pool._pool) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            keeper = pool._keeper
+            return {"running": keeper is not None and keeper.is_alive(), "idle": len(pool._pool)}
+
+        assert run_in_child(child) == {"running": True, "idle": 2}

@@ -327,3 +327,35 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
     assert os.waitstatus_to_exitcode(status) == 0
     with PoolManager.connection(dsn) as again:  # the parent's session is intact
         assert again is conn and backend_pid(again) == parent_backend
+
+
+def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
+    """The parent's cleaner thread does not exist in a child: the child starts its own."""
+    from tests.test_fork import run_in_child
+
+    PoolManager.start_cleaner(0.05)
+
+    def child() -> Dict[str, Any]:
+        cleaner = PoolManager._cleaner
+        return {"running": cleaner is not None and cleaner.is_alive(),
+                "interval": cleaner.interval if cleaner is not None else None}
+
+    try:
+        assert run_in_child(child) == {"running": True, "interval": 0.05}
+    finally:
+        PoolManager.stop_cleaner()
+
+
+def test_a_forked_child_uses_the_manager_when_a_parent_thread_held_its_lock(
+    pg_dsn: str,
+) -> None:
+    from tests.test_fork import held_by_another_thread, run_in_child
+
+    dsn = with_app(pg_dsn, "mgr_fork_lock")
+
+    def child() -> Dict[str, Any]:
+        with PoolManager.connection(dsn) as conn:
+            return {"pid": backend_pid(conn)}
+
+    with held_by_another_thread(PoolManager._lock):
+        assert run_in_child(child, timeout=10.0)["pid"] > 0

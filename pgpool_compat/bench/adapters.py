@@ -173,6 +173,31 @@ def _pgpool_opener(options: Dict[str, Any], *, metrics: bool = False) -> Opener:
     return open_pgpool
 
 
+def _open_factory_pool(dsn: str, minconn: int, maxconn: int) -> BenchPool:
+    """``ConnectionPool`` making psycopg2 connections: the engine's threaded runner with a
+    factory driver (no socket probe: compare it with the ``pool_check=None`` row)."""
+    import psycopg2
+
+    import pgpool_compat
+
+    counter = _ConnectCounter()
+
+    def factory() -> Any:
+        return psycopg2.connect(dsn, connection_factory=counter.factory)
+
+    pool: Any = pgpool_compat.ConnectionPool(
+        factory, min_size=minconn, max_size=maxconn, timeout=0
+    )
+    return BenchPool(
+        acquire=pool.acquire,
+        release=pool.release,
+        opened=counter.value,
+        close=pool.close_all,
+        exhausted=(pgpool_compat.PoolError,),
+        waits=False,
+    )
+
+
 def _open_psycopg_pool(dsn: str, minconn: int, maxconn: int) -> BenchPool:
     from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -304,6 +329,12 @@ def _pgpool_specs(notes: List[str]) -> List[PoolSpec]:
     name = f"pgpool_compat {pgpool_compat.__version__}"
     return [
         PoolSpec("pgpool", name, _pgpool_opener({})),
+        PoolSpec(
+            "pgpool_factory",
+            f"{name} ConnectionPool (factory)",
+            _open_factory_pool,
+            frozenset({"overhead", "query"}),
+        ),
         PoolSpec(
             "pgpool_nocheck",
             f"{name} pool_check=None",

@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Dict, Hashable, List, Optional, Union
 
-from ..errors import DuplicateConnection, NotBorrowed, PoolClosed
+from ..errors import (
+    DUPLICATE_MESSAGE,
+    NOT_BORROWED_MESSAGE,
+    DuplicateConnection,
+    NotBorrowed,
+    PoolClosed,
+)
 from ..settings import Settings
 from .entry import Entry
 from .stats import Counters, Figures
@@ -142,30 +148,28 @@ class Core:
         """A reserved slot got its connection: its entry, counted but neither idle nor lent.
 
         Raises ``DuplicateConnection`` (the slot freed, ``conn`` left alone: someone else
-        holds it) when the pool already holds that very object.
+        holds it) when the pool already holds that very object, or when it is ``None``.
         """
         sub = self.subpools[key]
         sub.opening -= 1
         self.opening -= 1
-        if id(conn) in self.entries:
+        if conn is None or id(conn) in self.entries:
             sub.size -= 1
             self.size -= 1
             self.offer_slot()
-            raise DuplicateConnection(
-                "the factory returned an object this pool already holds (a shared client, "
-                f"None?): {type(conn).__name__} objects must be distinct; slot freed"
+            what = (
+                "None instead of a connection"
+                if conn is None
+                else "an object this pool already holds"
             )
+            raise DuplicateConnection(DUPLICATE_MESSAGE % what)
         entry = Entry(conn, state, key, now, self.max_lifetime)
         self.entries[id(conn)] = entry
         return entry
 
     def abandon(self, key: Hashable) -> None:
         """A reserved slot will not get a connection (the connect failed or was cancelled)."""
-        sub = self.subpools[key]
-        sub.opening -= 1
-        sub.size -= 1
-        self.opening -= 1
-        self.size -= 1
+        self.abandon_quietly(key)
         self.offer_slot()
 
     # -- waiting ---------------------------------------------------------------------------
@@ -187,10 +191,7 @@ class Core:
         """The entry of a borrowed connection, taken off the borrowed books."""
         entry = self.out.pop(id(conn), None)
         if entry is None:
-            raise NotBorrowed(
-                f"this {type(conn).__name__} was not borrowed from this pool, or was "
-                "returned already; nothing was changed"
-            )
+            raise NotBorrowed(NOT_BORROWED_MESSAGE)
         return entry
 
     def shelve(self, entry: Entry, now: float) -> None:
@@ -331,6 +332,19 @@ class Core:
             pending=len(self.waiters),
             timeouts=self.timeouts,
         )
+
+    def stats(self, pop: bool = False) -> Dict[str, int]:
+        """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
+        closed = self.closed
+        gauges = {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size if self.total_max_size is None else self.total_max_size,
+            "pool_size": 0 if closed else self.size,
+            "pool_available": 0 if closed else self.idle_count,
+            "requests_waiting": len(self.waiters),
+        }
+        gauges.update(self.counters.pop() if pop else self.counters.snapshot())
+        return gauges
 
     @property
     def idle_count(self) -> int:

@@ -7,13 +7,20 @@ import random
 import traceback
 from typing import Any, Hashable, List, Optional
 
-__all__ = ["LIFETIME_JITTER", "Entry"]
+__all__ = ["LIFETIME_JITTER", "Entry", "jittered_deadline"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Each lifetime is cut by a random share up to this, so a pool opened at once does not
 #: expire at once (a reconnect storm).
 LIFETIME_JITTER = 0.10
+
+
+def jittered_deadline(start: float, lifetime: Optional[float]) -> Optional[float]:
+    """When a connection opened at ``start`` expires, or ``None`` for no lifetime."""
+    if lifetime is None:
+        return None
+    return start + lifetime * (1.0 - random.uniform(0.0, LIFETIME_JITTER))
 
 
 class Entry:
@@ -44,11 +51,7 @@ class Entry:
         self.state = state  # what the driver's prepare() returned; passed back to it
         self.key = key  # the sub-pool (endpoint) it belongs to
         self.created_at = now
-        self.expires_at = (
-            None
-            if lifetime is None
-            else now + lifetime * (1.0 - random.uniform(0.0, LIFETIME_JITTER))
-        )
+        self.expires_at = jittered_deadline(now, lifetime)
         self.idle_since = now
         self.last_good = now  # last time a check or a clean return showed it working
         self.checked_out_at = now

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional
+from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
@@ -116,10 +116,8 @@ class ThreadedRunner(Generic[ConnT]):
             entry = core.take_idle(key, now)
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if entry is not None:
             # Hot path: the socket probe inline, the policy object only for slow checks.
             probe = self._checks.probe
@@ -163,10 +161,8 @@ class ThreadedRunner(Generic[ConnT]):
             upkeep = self._needs_upkeep and now >= self._upkeep_due
         finally:
             lock.release()
-        if upkeep:
-            self._upkeep()
-        if core.doomed:
-            self._dispose_doomed()
+        if upkeep or core.doomed:
+            self._tidy(upkeep)
         if state:
             self._settle(entry)
         if self.observer is not None:
@@ -246,17 +242,7 @@ class ThreadedRunner(Generic[ConnT]):
     def stats(self, pop: bool = False) -> Dict[str, int]:
         """Gauges and counters with psycopg_pool's key names; ``pop`` zeroes the counters."""
         with self._lock:
-            core = self.core
-            idle = 0 if core.closed else core.idle_count
-            gauges = {
-                "pool_min": core.min_size,
-                "pool_max": core.max_size if core.total_max_size is None else core.total_max_size,
-                "pool_size": 0 if core.closed else core.size,
-                "pool_available": idle,
-                "requests_waiting": len(core.waiters),
-            }
-            gauges.update(core.counters.pop() if pop else core.counters.snapshot())
-            return gauges
+            return self.core.stats(pop)
 
     @property
     def idle_count(self) -> int:
@@ -331,8 +317,9 @@ class ThreadedRunner(Generic[ConnT]):
 
     def _drop_lent(self, entry: Entry) -> None:
         with self._lock:
-            self.core.out.pop(id(entry.conn), None)
-            self.core.drop(entry)
+            # Not lent any more if close() took it meanwhile: already doomed, once.
+            if self.core.out.pop(id(entry.conn), None) is not None:
+                self.core.drop(entry)
         self._dispose_doomed()
 
     def _wait(
@@ -365,6 +352,10 @@ class ThreadedRunner(Generic[ConnT]):
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
+            elif core.closed:  # closed between the hand-off and this wake-up
+                self._give_back(waiter)
+                core.counters.requests_errors += 1
+                error = PoolClosed()
         if self.observer is not None:
             self.observer.waited(self.name, waited)
         if error is not None:
@@ -377,9 +368,8 @@ class ThreadedRunner(Generic[ConnT]):
         grant = waiter.grant
         if grant is SLOT:
             self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry):
-            self.core.out.pop(id(grant.conn), None)
-            self.core.shelve(grant, monotonic())
+        elif isinstance(grant, Entry) and self.core.out.pop(id(grant.conn), None) is not None:
+            self.core.shelve(grant, monotonic())  # unless close() took it meanwhile
 
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""
@@ -515,6 +505,12 @@ class ThreadedRunner(Generic[ConnT]):
 
     # -- upkeep ----------------------------------------------------------------------------
 
+    def _tidy(self, upkeep: bool) -> None:
+        """After a hot path released the lock: upkeep if due, close what was doomed."""
+        if upkeep:
+            self._upkeep()
+        self._dispose_doomed()
+
     def _upkeep(self) -> None:
         """Lazy upkeep from the hot paths: expire stale idle connections, report leaks."""
         limit = self.settings.leak_timeout
@@ -563,6 +559,17 @@ class ThreadedRunner(Generic[ConnT]):
             self._start_keeper()
 
 
+class _Maintained(Protocol):
+    """What a keeper drives: a runner, or the pre-engine psycopg2 shell."""
+
+    name: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _maintain(self) -> None: ...
+
+
 class _Keeper(threading.Thread):
     """The background thread of one pool: refill, expire, report leaks."""
 
@@ -571,7 +578,7 @@ class _Keeper(threading.Thread):
     #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
     STOP_WAIT = 1.0
 
-    def __init__(self, runner: ThreadedRunner[Any]) -> None:
+    def __init__(self, runner: _Maintained) -> None:
         super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
         self._runner_ref = weakref.ref(runner)
         self.stopping = threading.Event()

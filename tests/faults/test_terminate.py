@@ -4,6 +4,7 @@ one must never cost a slot."""
 
 from __future__ import annotations
 
+import select
 import threading
 from typing import Any, List
 
@@ -217,4 +218,45 @@ def test_terminated_inside_connection_block(pg_dsn: str, body_fails: bool) -> No
         with pool.connection() as conn:
             assert bounded_query(conn).ok
     finally:
+        pool.closeall()
+
+
+def create_temp_tables(conn: Any, count: int) -> None:
+    """Give the session ``count`` temp tables: its exit then drops them before it closes the
+    socket, which holds the FATAL-sent-but-socket-open window open for a while."""
+    autocommit = conn.autocommit
+    conn.autocommit = True  # the DO block commits as it goes: no lock table overflow
+    with conn.cursor() as cur:
+        cur.execute(
+            "DO $$ BEGIN FOR i IN 1..%s LOOP"
+            " EXECUTE format('CREATE TEMP TABLE t_%%s (id int)', i);"
+            " IF i %% 200 = 0 THEN COMMIT; END IF;"
+            " END LOOP; END $$",
+            (count,),
+        )
+    conn.autocommit = autocommit
+
+
+def test_terminated_backend_with_pending_fatal_is_not_handed_out(pg_dsn: str) -> None:
+    """PostgreSQL sends its FATAL before the FIN; in between, the connection is still dead."""
+    import pgpool_compat
+
+    pool = pgpool_compat.ThreadedConnectionPool(1, 2, pg_dsn)
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    try:
+        conn = pool.getconn()
+        create_temp_tables(conn, 2000)
+        pid = backend_pid(conn)
+        pool.putconn(conn)
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))  # signal only: no wait
+        # The FATAL arrives at once; the backend then drops its tables before closing.
+        assert select.select([conn], [], [], 5)[0]
+        handed = pool.getconn()
+        assert bounded_query(handed).ok
+        assert handed is not conn and pool.get_stats()["connections_lost"] == 1
+        pool.putconn(handed)
+    finally:
+        admin.close()
         pool.closeall()

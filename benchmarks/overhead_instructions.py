@@ -47,6 +47,14 @@ POOLS: Dict[str, str] = {
     ),
     "engine runner, psycopg2 driver": _RUNNER.format(extra=""),
     "engine runner, check=None": _RUNNER.format(extra=", check=None"),
+    "pgpool_compat metrics on (OTel SDK)": (
+        "import pgpool_compat as m; from pgpool_compat.metrics import observe_alone; "
+        "p = m.ThreadedConnectionPool(1, 4, dsn); observe_alone(p)"
+    ),
+    "pgpool_compat metrics on (Prometheus)": (
+        "import pgpool_compat as m; from pgpool_compat.metrics import PrometheusCollector; "
+        "c = PrometheusCollector(); p = m.ThreadedConnectionPool(1, 4, dsn)"
+    ),
 }
 
 CHILD = """
@@ -97,9 +105,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             dsn = stack.enter_context(PostgresServer()).dsn
         costs = {name: cost_per_pair(make, dsn, args.ops) for name, make in POOLS.items()}
     stock = costs["psycopg2.pool (stock)"]
-    print(f"{'pool':32} {'instructions/pair':>18} {'vs stock':>9}")
+    print(f"{'pool':40} {'instructions/pair':>18} {'vs stock':>9}")
     for name, cost in costs.items():
-        print(f"{name:32} {cost:18,.0f} {cost / stock:8.2f}x")
+        print(f"{name:40} {cost:18,.0f} {cost / stock:8.2f}x")
     return 0
 
 

@@ -10,13 +10,20 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 import psycopg2
 from psycopg2 import ProgrammingError
-from psycopg2.extensions import parse_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
-__all__ = ["call_without_secrets", "connect", "libpq_dsn", "pool_id", "without_secrets"]
+__all__ = [
+    "call_without_secrets",
+    "connect",
+    "libpq_dsn",
+    "pool_id",
+    "target_name",
+    "without_secrets",
+]
 
 # queries' own scheme; libpq only knows postgresql:// and postgres://.
 _QUERIES_SCHEME = "pgsql://"
@@ -125,3 +132,37 @@ def pool_id(dsn: str) -> str:
         raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
     canonical = json.dumps(sorted(_parameters(dsn).items()), separators=(",", ":"))
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16, key=_ID_KEY).hexdigest()
+
+
+#: A port, or libpq's comma-separated ports of a multi-host target.
+_PORTS = re.compile(r"\d+(,\d*)*")
+
+#: psycopg2.connect keywords that are not connection parameters.
+_NOT_LIBPQ = ("connection_factory", "cursor_factory", "async", "async_")
+
+
+def target_name(args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """``host:port/dbname`` of psycopg2 connect arguments, with libpq's defaults; never the
+    user or password. A DSN libpq cannot parse gives ``"unknown"``."""
+    libpq_kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_LIBPQ}
+    try:
+        params = parse_dsn(make_dsn(*args[:1], **libpq_kwargs))
+    except (ProgrammingError, TypeError):
+        return "unknown"
+    env = os.environ
+    host = params.get("host") or env.get("PGHOST") or "localhost"
+    port = params.get("port") or env.get("PGPORT") or "5432"
+    if not _PORTS.fullmatch(port):
+        port = "?"  # not a port, so libpq refuses it: it may be a misplaced password
+    user = params.get("user") or env.get("PGUSER") or _login()
+    dbname = params.get("dbname") or env.get("PGDATABASE") or user
+    return f"{host}:{port}/{dbname}"
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment: libpq would fail as well
+        return "postgres"

@@ -53,8 +53,10 @@ from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
 from .dsn import connect as connect_without_secrets
-from .dsn import libpq_dsn, pool_id
+from .dsn import libpq_dsn, pool_id, target_name
+from .engine import log
 from .engine.core import SLOT
+from .engine.stats import Figures, Observer, register
 from .engine.threaded import _ThreadWaiter
 from .health import Psycopg2Driver
 from .lifecycle import count_setting
@@ -355,7 +357,10 @@ class _Lease:
     """What a connection taken by ``PoolManager.connection`` is locked to (by weak reference)
     for the duration of the ``with`` block."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("__weakref__", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()  # for the wait time and the timeout's log line
 
 
 # -- Connection ----------------------------------------------------------------------------
@@ -452,9 +457,15 @@ class Pool:
         idle_ttl: float = DEFAULT_IDLE_TTL,
         max_size: int = DEFAULT_MAX_SIZE,
         time_method: Optional[Callable[[], float]] = None,
+        *,
+        name: Optional[str] = None,
     ) -> None:
         self.connections: Dict[int, Connection] = {}
         self._id = pool_id
+        # For logs and metrics: host:port/dbname when PoolManager.connection(dsn) made it.
+        self.name = name or pool_id
+        self._timeouts = 0  # connection(timeout=...) calls that gave up
+        self.observer: Optional[Observer] = None  # PoolManager.connection() reports to it
         self.idle_ttl = idle_ttl
         self.max_size = max_size
         # Wall clock by default, as queries: its users compare idle_start with time.time().
@@ -462,6 +473,7 @@ class Pool:
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
         self._waiters: Deque[_Turn] = deque()  # PoolManager.connection callers, oldest first
         self._serving = False
+        register(self)
 
     def __contains__(self, connection: Any) -> bool:
         return id(connection) in self.connections
@@ -479,11 +491,11 @@ class Pool:
             if not full:
                 self.connections[id(connection)] = Connection(connection)
         if full:
-            logger.warning("Pool %s is full: closing the connection that cannot be added",
-                           self.id)
+            logger.warning("%s: pool full: closing the connection that cannot be added",
+                           self.name)
             _DRIVER.dispose(connection)
             raise PoolFullError(self.id)
-        logger.debug("Pool %s added connection %s", self.id, id(connection))
+        logger.debug("%s: added connection %s", self.name, id(connection))
 
     @property
     def busy_connections(self) -> List[Connection]:
@@ -496,15 +508,15 @@ class Pool:
         with self._lock:
             for connection in self._snapshot():
                 if connection.closed and not connection._held():
-                    logger.debug("Pool %s removing closed connection %s", self.id,
+                    logger.debug("%s: removing closed connection %s", self.name,
                                  connection.id)
                     self.remove(connection.handle)
             if self.idle_duration > self.idle_ttl:
                 try:
                     self.close()
                 except ConnectionBusyError as error:
-                    logger.debug("Pool %s idle TTL passed but %s", self.id, error)
-        logger.debug("Pool %s cleaned", self.id)
+                    logger.debug("%s: idle TTL passed but %s", self.name, error)
+        logger.debug("%s: cleaned", self.name)
 
     def close(self) -> None:
         """Close and remove every connection. Busy ones stay; the first raises
@@ -516,7 +528,7 @@ class Pool:
                     self.remove(connection.handle)
                 except ConnectionBusyError:
                     busy.append(cid)
-        logger.debug("Pool %s closed", self.id)
+        logger.debug("%s: closed", self.name)
         if busy:
             raise ConnectionBusyError(busy[0])
 
@@ -536,7 +548,7 @@ class Pool:
 
     def free(self, connection: Any) -> None:
         """Release a session's hold on ``connection``. Raises ``ConnectionNotFoundError``."""
-        logger.debug("Pool %s freeing connection %s", self.id, id(connection))
+        logger.debug("%s: freeing connection %s", self.name, id(connection))
         with self._lock:
             try:
                 wrapper = self.connection_handle(connection)
@@ -592,7 +604,7 @@ class Pool:
                 raise ConnectionNotFoundError(self.id, cid) from None
             wrapper.lock(session)
             self.idle_start = None
-        logger.debug("Pool %s locked connection %s", self.id, cid)
+        logger.debug("%s: locked connection %s", self.name, cid)
 
     @property
     def locked_connections(self) -> List[Connection]:
@@ -609,7 +621,7 @@ class Pool:
             self.connection_handle(connection).close()
             del self.connections[cid]
             self._serve()
-        logger.debug("Pool %s removed connection %s", self.id, cid)
+        logger.debug("%s: removed connection %s", self.name, cid)
 
     def report(self) -> Dict[str, Any]:
         """The pool's state and configuration (queries' keys, plus ``waiting``)."""
@@ -646,6 +658,30 @@ class Pool:
             error.connections_left = len(left)
             raise error
 
+    @property
+    def closed(self) -> bool:
+        """Whether the manager no longer holds this pool (removed or shut down)."""
+        return PoolManager._pools.get(self.id) is not self
+
+    def figures(self) -> Figures:
+        """The gauges metrics export."""
+        with self._lock:
+            idle = len(self.idle_connections)
+            used = len(self.busy_connections)
+            return Figures(
+                name=self.name,
+                kind=type(self).__name__,
+                idle=idle,
+                used=used,
+                opening=self._reserved,
+                size=idle + used + self._reserved,
+                max=self.max_size,
+                idle_max=self.max_size,
+                idle_min=0,
+                pending=len(self._waiters),
+                timeouts=self._timeouts,
+            )
+
     def set_idle_ttl(self, ttl: float) -> None:
         """Set the idle TTL (seconds)."""
         with self._lock:
@@ -673,8 +709,7 @@ class Pool:
         None (lock held). Those whose server hung up are dropped, not handed out."""
         for connection in self.idle_connections:
             if not _is_usable(connection):
-                logger.info("Pool %s dropping connection %s: server closed it", self.id,
-                            connection.id)
+                log.dead_dropped(self.name, "socket")
                 self.remove(connection.handle)
                 continue
             connection.lock(session)
@@ -735,7 +770,7 @@ class Pool:
         for handle in idle:
             _DRIVER.dispose(handle)
         left = executing + _close_within([h for h in held if not h.closed], deadline)
-        logger.debug("Pool %s shut down, %d connection(s) left open", self.id, len(left))
+        logger.debug("%s: shut down, %d connection(s) left open", self.name, len(left))
         return left
 
 
@@ -759,7 +794,7 @@ def _shut_down(pid: str, pool: Pool) -> int:
     except ConnectionBusyError as error:
         return error.connections_left
     except Exception as error:  # one failing pool must not stop the others' shutdown
-        logger.error("Pool %s shutdown failed: %s", pid, type(error).__name__)
+        logger.error("%s: shutdown failed: %s", pool.name, type(error).__name__)
     return len(pool)
 
 
@@ -823,7 +858,7 @@ class PoolManager:
         with cls._lock:
             pool = cls._pools.get(pid)
             if pool is None:
-                logger.debug("Pool clean invoked against missing pool %s", pid)
+                logger.debug("%s: clean invoked, but there is no such pool", pid)
                 return
             pool.clean()
             cls._maybe_remove_pool(pid)
@@ -841,7 +876,7 @@ class PoolManager:
         with cls._lock:
             if pid in cls._pools:
                 raise KeyError(f"Pool {pid} already exists")
-            logger.debug("Creating Pool: %s (%s/%s)", pid, idle_ttl, max_size)
+            logger.debug("%s: creating pool (idle_ttl=%s, max_size=%s)", pid, idle_ttl, max_size)
             cls._pools[pid] = Pool(pid, idle_ttl, max_size, time_method)
 
     @classmethod
@@ -849,7 +884,7 @@ class PoolManager:
         """Free a connection a session held. ``ConnectionNotFoundError`` (a ``KeyError``)
         when the connection or the pool is gone."""
         with cls._lock:
-            logger.debug("Freeing %s from pool %s", id(connection), pid)
+            logger.debug("%s: freeing connection %s", pid, id(connection))
             pool = cls._pools.get(pid)
             if pool is None:
                 raise ConnectionNotFoundError(pid, id(connection))
@@ -1006,12 +1041,18 @@ class PoolManager:
         if timeout is not None:
             _seconds("timeout", timeout)
         pid = pool_id(dsn)
-        deadline = None if timeout is None else time.monotonic() + timeout
         lease = _Lease()
+        deadline = None if timeout is None else lease.started + timeout
         pool, handle = cls._checkout(pid, dsn, lease, max_size, idle_ttl, deadline)
+        observer = pool.observer
+        checked_out_at = time.monotonic()
+        if observer is not None:
+            observer.waited(pool.name, checked_out_at - lease.started)
         try:
             yield handle
         finally:
+            if observer is not None:
+                observer.used(pool.name, time.monotonic() - checked_out_at)
             cls._checkin(pid, pool, handle)
 
     @classmethod
@@ -1073,11 +1114,11 @@ class PoolManager:
     def _sweep(cls) -> None:
         """One background cleaner pass over every pool."""
         with cls._lock:
-            for pid, pool in list(cls._pools.items()):
+            for pool in list(cls._pools.values()):
                 try:
                     pool.clean()
                 except Exception:  # one bad pool must not stop the cleaner
-                    logger.exception("cleaning pool %s failed", pid)
+                    logger.exception("%s: cleaning failed", pool.name)
 
     @classmethod
     def _checkout(
@@ -1092,9 +1133,10 @@ class PoolManager:
         """Take or open a connection of pool ``pid`` for ``lease``; the connect happens
         with the lock released, on a slot reserved beforehand."""
         while True:
-            pool, handle = cls._take_turn(pid, lease, max_size, idle_ttl, deadline)
+            pool, handle = cls._take_turn(pid, dsn, lease, max_size, idle_ttl, deadline)
             if handle is not None:
                 return pool, handle
+            connect_started = time.monotonic()
             try:
                 handle = connect_without_secrets(libpq_dsn(dsn))
             except BaseException:
@@ -1102,6 +1144,8 @@ class PoolManager:
                     pool._reserved -= 1
                     pool._serve()  # the slot goes to the next in line
                 raise
+            if pool.observer is not None:
+                pool.observer.created(pool.name, time.monotonic() - connect_started)
             with cls._lock:
                 pool._reserved -= 1
                 if cls._pools.get(pid) is pool:
@@ -1115,6 +1159,7 @@ class PoolManager:
     def _take_turn(
         cls,
         pid: str,
+        dsn: str,
         lease: _Lease,
         max_size: int,
         idle_ttl: float,
@@ -1127,7 +1172,8 @@ class PoolManager:
             with cls._lock:
                 pool = cls._pools.get(pid)
                 if pool is None:
-                    pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size)
+                    name = target_name((libpq_dsn(dsn),), {})
+                    pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size, name=name)
                 if not pool._waiters:  # never past those already waiting
                     pool.clean()
                     handle = pool._take_idle(lease)
@@ -1137,8 +1183,10 @@ class PoolManager:
                         pool._reserved += 1
                         return pool, None
                 now = time.monotonic()
-                if deadline is None or now >= deadline:
+                if deadline is None:
                     raise PoolFullError(pid)
+                if now >= deadline:
+                    raise cls._timed_out(pool, lease)
                 turn = _Turn(lease, now)
                 pool._waiters.append(turn)
             try:
@@ -1150,10 +1198,17 @@ class PoolManager:
             with cls._lock:
                 if turn.grant is None:
                     cls._give_up(pool, turn)
-                    raise PoolFullError(pid)
+                    raise cls._timed_out(pool, lease)
             if not isinstance(turn.grant, _PoolGone):
                 return pool, turn.handle
             # The pool was removed while we waited: start over on a new one.
+
+    @staticmethod
+    def _timed_out(pool: Pool, lease: _Lease) -> PoolFullError:
+        """Count and log a ``connection(timeout=...)`` call that gave up (lock held)."""
+        pool._timeouts += 1
+        log.timed_out(pool.name, time.monotonic() - lease.started)
+        return PoolFullError(pool.id)
 
     @staticmethod
     def _give_up(pool: Pool, turn: _Turn) -> None:
@@ -1172,7 +1227,7 @@ class PoolManager:
         """Give back a connection taken by ``connection()``, by the psycopg2 driver's return
         rules: rolled back if a transaction is open, closed and removed if it is broken or
         its pool has gone. The reset is I/O: no lock held (the connection is still ours)."""
-        usable = cls._reset(handle)
+        usable = cls._reset(pool.name, handle)
         if not usable:
             _DRIVER.dispose(handle)
         with cls._lock:
@@ -1188,14 +1243,14 @@ class PoolManager:
         _DRIVER.dispose(handle)
 
     @staticmethod
-    def _reset(handle: Any) -> bool:
+    def _reset(name: str, handle: Any) -> bool:
         """Whether a returned connection may be reused, after the driver's reset if needed."""
         try:
             state = _DRIVER.return_state(handle)
             if state:
                 _DRIVER.reset(handle, None)  # a rollback: no per-connection state needed
         except psycopg2.Error as error:  # the server went away, or shutdown closed it
-            logger.info("returned connection is unusable (%s); discarded", type(error).__name__)
+            log.reset_failed(name, error)
             return False
         return state is not None
 

@@ -154,7 +154,7 @@ def _open_stock(dsn: str, minconn: int, maxconn: int) -> BenchPool:
     )
 
 
-def _pgpool_opener(options: Dict[str, Any]) -> Opener:
+def _pgpool_opener(options: Dict[str, Any], *, metrics: bool = False) -> Opener:
     def open_pgpool(dsn: str, minconn: int, maxconn: int) -> BenchPool:
         import pgpool_compat
 
@@ -162,6 +162,10 @@ def _pgpool_opener(options: Dict[str, Any]) -> Opener:
         pool = pgpool_compat.ThreadedConnectionPool(
             minconn, maxconn, dsn, connection_factory=counter.factory, **options
         )
+        if metrics:  # before getconn/putconn are bound below: they are what gets timed
+            from pgpool_compat.metrics import observe_alone
+
+            observe_alone(pool)
         return BenchPool(
             acquire=pool.getconn,
             release=pool.putconn,
@@ -343,4 +347,25 @@ def _pgpool_specs(notes: List[str]) -> List[PoolSpec]:
             frozenset({"overhead", "query"}),
         ),
         PoolSpec("pgpool_production", f"{name} production", _pgpool_opener(PRODUCTION_OPTIONS)),
+        *_metrics_specs(name, notes),
+    ]
+
+
+def _metrics_specs(name: str, notes: List[str]) -> List[PoolSpec]:
+    """The defaults row again with metrics on (OpenTelemetry SDK), to show their cost."""
+    try:
+        importlib.import_module("opentelemetry.sdk.metrics")
+    except ImportError:
+        notes.append(
+            "opentelemetry-sdk is not installed: the metrics-on row is left out "
+            "(pip install 'pgpool_compat[bench]')"
+        )
+        return []
+    return [
+        PoolSpec(
+            "pgpool_metrics",
+            f"{name} metrics on",
+            _pgpool_opener({}, metrics=True),
+            frozenset({"overhead", "query"}),
+        )
     ]

@@ -17,6 +17,7 @@ __all__ = [
     "keeper_failed",
     "leak",
     "logger",
+    "reconnected",
     "reset_failed",
     "timed_out",
 ]
@@ -39,6 +40,11 @@ def check_raised(name: str, error: BaseException) -> None:
 
 def connect_failed(name: str, error: BaseException) -> None:
     logger.warning("%s: connection failed: %s", name, type(error).__name__)
+
+
+def reconnected(name: str, failures: int) -> None:
+    """A connect succeeded after ``failures`` failed ones in a row (the server is back)."""
+    logger.info("%s: reconnected after %d failed connects", name, failures)
 
 
 def keeper_failed(name: str, error: BaseException, retry_in: float) -> None:

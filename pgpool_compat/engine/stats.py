@@ -7,9 +7,10 @@ happen; ``live_runners()`` lists every open pool of either runner kind, weakly h
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 __all__ = [
     "COUNTER_KEYS",
@@ -18,7 +19,9 @@ __all__ = [
     "Figures",
     "Observer",
     "live_runners",
+    "observers_enabled",
     "register",
+    "set_observer_factory",
     "unregister",
 ]
 
@@ -99,11 +102,34 @@ class Observer(Protocol):
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+#: Gives each registered pool its observer while metrics are on (pgpool_compat.metrics).
+_observer_factory: Optional[Callable[[Any], Observer]] = None
 
 
 def register(runner: Any) -> None:
-    """Track a runner (threaded or asyncio) until it is closed or collected."""
-    _live.add(runner)
+    """Track a runner (threaded or asyncio) until it is closed or collected; it gets an
+    observer at once while metrics are on."""
+    with _registry_lock:
+        _live.add(runner)
+        factory = _observer_factory
+    if factory is not None:
+        runner.observer = factory(runner)
+
+
+def set_observer_factory(factory: Optional[Callable[[Any], Observer]]) -> None:
+    """Give every live pool, and each one registered later, ``factory(pool)`` as its
+    ``observer``; ``None`` takes the observers away (metrics off: zero cost)."""
+    global _observer_factory
+    with _registry_lock:
+        _observer_factory = factory
+        pools = list(_live)
+    for pool in pools:
+        pool.observer = None if factory is None else factory(pool)
+
+
+def observers_enabled() -> bool:
+    return _observer_factory is not None
 
 
 def unregister(runner: Any) -> None:

@@ -214,11 +214,12 @@ def test_factory_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
     )
     name = metrics.label_of(pool)
     try:
-        with pool.connection():
+        with pool.connection():  # a connect in a free slot: served without queueing
             assert gauges(Reading(reader), name)["used"] == 1
             with pytest.raises(pgpool_compat.PoolTimeoutError):
                 pool.acquire()
             time.sleep(HOLD)
+        pool.release(pool.acquire())  # served from the idle set
         reading = Reading(reader)
     finally:
         pool.close_all()
@@ -228,6 +229,8 @@ def test_factory_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
     }  # fmt: skip
     assert reading.value("db.client.connection.use_time", name).max >= HOLD
     assert reading.value("db.client.connection.create_time", name).count == 1
+    # Every checkout served is timed, queued or not; the timeout is counted, not timed.
+    assert reading.value("db.client.connection.wait_time", name).count == 2
 
 
 def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
@@ -262,6 +265,138 @@ def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
     assert after.value("db.client.connection.use_time", name).max >= HOLD
     assert after.value("db.client.connection.create_time", name).count == 1
     assert gauges(Reading(reader), name)["max"] is None  # closed: gone
+
+
+# -- the seed faces (nextorm, generic-connection-pool, escudeiro): their runners register --
+
+
+def test_seed_face_sync_held_timeout_wait_and_use(
+    reader: InMemoryMetricReader, pg_dsn: str
+) -> None:
+    from pgpool_compat.compat import nextorm
+
+    pool = nextorm.ConnectionPool(
+        lambda: psycopg2.connect(pg_dsn), min_size=1, max_size=1, timeout=0.05
+    )
+    runner = pool._runner
+    name = metrics.label_of(runner)  # no name keyword in nextorm: the log name
+    try:
+        conn = pool.acquire()
+        held = Reading(reader)
+        with pytest.raises(nextorm.PoolTimeoutError):
+            pool.acquire()
+        time.sleep(HOLD)
+        pool.release(conn)
+        pool.release(pool.acquire())
+        after = Reading(reader)
+    finally:
+        runner.close()
+    assert name == runner.name and name.startswith("pool-")
+    assert gauges(held, name) == {
+        "idle": 0, "used": 1, "max": 1, "idle_max": 1, "idle_min": 1, "pending": 0,
+        "timeouts": 0,
+    }  # fmt: skip
+    assert gauges(after, name)["timeouts"] == 1 and gauges(after, name)["idle"] == 1
+    assert after.value("db.client.connection.wait_time", name).count == 2  # not the timeout
+    assert after.value("db.client.connection.use_time", name).max >= HOLD
+    assert after.value("db.client.connection.create_time", name).count == 1  # prefilled
+    assert gauges(Reading(reader), name)["max"] is None  # closed: gone
+
+
+def test_seed_face_async_held_timeout_wait_and_use(
+    reader: InMemoryMetricReader, pg_dsn: str
+) -> None:
+    from pgpool_compat.compat import nextorm
+
+    async def connect() -> Any:
+        return psycopg2.connect(pg_dsn)
+
+    async def scenario() -> Tuple[str, Reading, Reading]:
+        pool = nextorm.AsyncConnectionPool(connect, min_size=1, max_size=1, timeout=4 * HOLD)
+        runner = pool._runner
+        try:
+            await pool.start()
+            conn = await pool.acquire()
+            waiter = asyncio.ensure_future(pool.acquire())
+            await asyncio.sleep(HOLD)
+            held = Reading(reader)
+            await pool.release(conn)
+            await pool.release(await waiter)
+            conn = await pool.acquire()
+            with pytest.raises(nextorm.PoolTimeoutError):
+                await pool.acquire()
+            await pool.release(conn)
+            return metrics.label_of(runner), held, Reading(reader)
+        finally:
+            await runner.close()
+
+    name, held, after = asyncio.run(scenario())
+    assert gauges(held, name) == {
+        "idle": 0, "used": 1, "max": 1, "idle_max": 1, "idle_min": 1, "pending": 1,
+        "timeouts": 0,
+    }  # fmt: skip
+    assert gauges(after, name)["timeouts"] == 1
+    wait = after.value("db.client.connection.wait_time", name)
+    assert wait.count == 3 and wait.max >= HOLD
+    assert after.value("db.client.connection.use_time", name).max >= HOLD
+    assert after.value("db.client.connection.create_time", name).count == 1
+    assert gauges(Reading(reader), name)["max"] is None
+
+
+def test_every_seed_face_is_listed(reader: InMemoryMetricReader, pg_dsn: str) -> None:
+    from pgpool_compat.compat import escudeiro, nextorm
+    from pgpool_compat.compat.generic_connection_pool import asyncio as gcp_asyncio
+    from pgpool_compat.compat.generic_connection_pool import threading as gcp_threading
+
+    class Manager(gcp_threading.BaseConnectionManager[str, Any]):
+        def create(self, endpoint: str, timeout: Any = None) -> Any:
+            return psycopg2.connect(pg_dsn)
+
+        def dispose(self, endpoint: str, conn: Any, timeout: Any = None) -> None:
+            conn.close()
+
+    class AsyncManager(gcp_asyncio.BaseConnectionManager[str, Any]):
+        async def create(self, endpoint: str) -> Any:
+            return psycopg2.connect(pg_dsn)
+
+        async def dispose(self, endpoint: str, conn: Any) -> None:
+            conn.close()
+
+    async def connect() -> Any:
+        return psycopg2.connect(pg_dsn)
+
+    async def close(conn: Any) -> None:
+        conn.close()
+
+    faces: Dict[str, Any] = {
+        "nextorm.ConnectionPool": nextorm.ConnectionPool(connect, min_size=0, max_size=2),
+        "nextorm.AsyncConnectionPool": nextorm.AsyncConnectionPool(connect, max_size=3),
+        "generic_connection_pool.threading": gcp_threading.ConnectionPool(
+            Manager(), max_size=4, total_max_size=4
+        ),
+        "generic_connection_pool.asyncio": gcp_asyncio.ConnectionPool(
+            AsyncManager(), max_size=5, total_max_size=5
+        ),
+        "escudeiro.AsyncPool": escudeiro.AsyncPool(connect, close, pool_size=6),
+    }
+    runners = {face: pool._runner for face, pool in faces.items()}
+    try:
+        reading = Reading(reader)
+        maxima = {face: gauges(reading, runner.name)["max"] for face, runner in runners.items()}
+    finally:
+        for runner in runners.values():
+            closing = runner.close()
+            if asyncio.iscoroutine(closing):
+                asyncio.run(closing)
+    assert maxima == {
+        "nextorm.ConnectionPool": 2,
+        "nextorm.AsyncConnectionPool": 3,
+        "generic_connection_pool.threading": 4,
+        "generic_connection_pool.asyncio": 5,
+        "escudeiro.AsyncPool": 6,
+    }
+    labels = {figures.name for figures in metrics.pool_figures()}
+    assert not labels & {runner.name for runner in runners.values()}  # closed: gone
 
 
 @pytest.fixture
@@ -479,6 +614,47 @@ def test_a_connect_that_succeeds_after_failures_is_logged_as_reconnected(
     messages = [r.getMessage() for r in caplog.records if r.name == "pgpool_compat"]
     assert messages.count(f"{name}: connection failed: OperationalError") == 2, messages
     assert f"{name}: reconnected after 2 failed connects" in messages, messages
+
+
+def test_both_runners_log_a_connect_after_failures_as_reconnected(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgpool_compat")
+    failures = [2]
+
+    def flaky() -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise psycopg2.OperationalError("server not there yet")
+        return psycopg2.connect(pg_dsn)
+
+    async def flaky_async() -> Any:
+        return flaky()
+
+    threaded: Any = pgpool_compat.ConnectionPool(flaky, min_size=0, max_size=1)
+    try:
+        for _ in range(2):
+            with pytest.raises(psycopg2.OperationalError):
+                threaded.acquire()
+        threaded.release(threaded.acquire())
+    finally:
+        threaded.close_all()
+
+    async def on_a_loop() -> str:
+        failures[0] = 2
+        async with pgpool_compat.AsyncConnectionPool(flaky_async, min_size=0) as pool:
+            for _ in range(2):
+                with pytest.raises(psycopg2.OperationalError):
+                    await pool.acquire()
+            await pool.release(await pool.acquire())
+            return str(pool.name)
+
+    names = [threaded.name, asyncio.run(on_a_loop())]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pgpool_compat"]
+    for name in names:
+        assert messages.count(f"{name}: connection failed: OperationalError") == 2, messages
+    unlogged = [n for n in names if f"{n}: reconnected after 2 failed connects" not in messages]
+    assert not unlogged, messages
 
 
 def test_timing_keeps_a_patched_method_and_holds_the_pool_weakly(pg_dsn: str) -> None:

@@ -133,6 +133,7 @@ class AsyncRunner(Generic[ConnT]):
         self._settling: Dict[asyncio.Task[Any], Entry] = {}
         self._disposing: Set[asyncio.Task[Any]] = set()
         self._keeper: Optional[asyncio.Task[None]] = None
+        self._connect_failures = 0  # in a row, for the "reconnected" log line
         register(self)
 
     @property
@@ -552,6 +553,7 @@ class AsyncRunner(Generic[ConnT]):
                 core.abandon(key)
             if not isinstance(error, asyncio.CancelledError):
                 core.counters.connections_errors += 1
+                self._connect_failures += 1
                 log.connect_failed(self.name, error)
             raise
         now = monotonic()
@@ -562,6 +564,9 @@ class AsyncRunner(Generic[ConnT]):
         entry = core.adopt(conn, state, key, now)  # DuplicateConnection: slot freed
         core.counters.connections_num += 1
         core.counters.connections_ms += (now - started) * 1000.0
+        failures, self._connect_failures = self._connect_failures, 0
+        if failures:
+            log.reconnected(self.name, failures)
         if self.observer is not None:
             self.observer.created(self.name, now - started)
         return entry

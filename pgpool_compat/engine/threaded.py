@@ -86,6 +86,7 @@ class ThreadedRunner(Generic[ConnT]):
         self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
         self._keeper: Optional[_Keeper] = None
+        self._connect_failures = 0  # in a row, for the "reconnected" log line
         register(self)
         if settings.background:
             self._start_keeper()
@@ -120,13 +121,21 @@ class ThreadedRunner(Generic[ConnT]):
             if not self._checks.slow and (probe is None or probe(entry.conn, entry.state)):
                 if self._capture_stacks:
                     entry.capture_stack()
+                if self.observer is not None:  # every checkout served, queued or not
+                    self.observer.waited(self.name, monotonic() - now)
                 conn: ConnT = entry.conn
                 return conn
-            if self._validate(entry, now, None):
-                return entry.conn  # type: ignore[no-any-return]
-        if timeout is DEFAULT:
-            timeout = self.settings.timeout
-        return self._acquire_slow(key, timeout, now)
+            if not self._validate(entry, now, None):
+                entry = None
+        if entry is None:
+            if timeout is DEFAULT:
+                timeout = self.settings.timeout
+            conn = self._acquire_slow(key, timeout, now)
+        else:
+            conn = entry.conn
+        if self.observer is not None:
+            self.observer.waited(self.name, monotonic() - now)
+        return conn
 
     def release(self, conn: ConnT, discard: bool = False) -> None:
         """Give ``conn`` back; it is reset outside the lock if it needs it, closed if it
@@ -362,8 +371,6 @@ class ThreadedRunner(Generic[ConnT]):
                 core.give_back(waiter, grant, monotonic())
                 core.counters.requests_errors += 1
                 error = PoolClosed()
-        if self.observer is not None:
-            self.observer.waited(self.name, waited)
         if error is not None:
             raise error
         assert grant is not None
@@ -403,11 +410,13 @@ class ThreadedRunner(Generic[ConnT]):
                 self.driver.dispose(conn)  # a failed prepare (configure) must not leak it
             with self._lock:
                 core.counters.connections_errors += 1
+                self._connect_failures += 1
                 core.abandon(key)
             log.connect_failed(self.name, error)
             raise
         now = monotonic()
         with self._lock:
+            failures, self._connect_failures = self._connect_failures, 0
             closed = core.closed
             if closed:
                 core.abandon(key)
@@ -422,6 +431,8 @@ class ThreadedRunner(Generic[ConnT]):
         if closed:
             self.driver.dispose_with(conn, state)
             raise PoolClosed()
+        if failures:
+            log.reconnected(self.name, failures)
         if self.observer is not None:
             self.observer.created(self.name, now - started)
         return entry

@@ -233,27 +233,35 @@ def test_factory_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
     assert reading.value("db.client.connection.wait_time", name).count == 2
 
 
-def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
+@pytest.mark.parametrize("face", ["AsyncConnectionPool", "nextorm.AsyncConnectionPool"])
+def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str, face: str) -> None:
+    """The async factory pool and an async seed face (both on the asyncio runner)."""
+    from pgpool_compat.compat import nextorm
+
     async def connect() -> Any:
         return psycopg2.connect(pg_dsn)
 
     async def scenario() -> Tuple[str, Reading, Reading]:
-        pool: Any = pgpool_compat.AsyncConnectionPool(
-            connect, min_size=1, max_size=1, timeout=4 * HOLD
-        )
-        async with pool:
-            name = metrics.label_of(pool)
+        make = {
+            "AsyncConnectionPool": pgpool_compat.AsyncConnectionPool,
+            "nextorm.AsyncConnectionPool": nextorm.AsyncConnectionPool,
+        }[face]
+        pool: Any = make(connect, min_size=1, max_size=1, timeout=4 * HOLD)
+        runner = pool._runner
+        try:
             conn = await pool.acquire()
             waiter = asyncio.ensure_future(pool.acquire())
             await asyncio.sleep(HOLD)
             held = Reading(reader)
             await pool.release(conn)
             await pool.release(await waiter)
-            async with pool.connection():
-                with pytest.raises(pgpool_compat.PoolTimeoutError):
-                    await pool.acquire()
-            after = Reading(reader)
-        return name, held, after
+            conn = await pool.acquire()
+            with pytest.raises(pgpool_compat.PoolTimeout):
+                await pool.acquire()
+            await pool.release(conn)
+            return metrics.label_of(runner), held, Reading(reader)
+        finally:
+            await runner.close()
 
     name, held, after = asyncio.run(scenario())
     assert gauges(held, name) == {
@@ -261,7 +269,8 @@ def test_async_pool(reader: InMemoryMetricReader, pg_dsn: str) -> None:
         "timeouts": 0,
     }  # fmt: skip
     assert gauges(after, name)["timeouts"] == 1
-    assert after.value("db.client.connection.wait_time", name).max >= HOLD
+    wait = after.value("db.client.connection.wait_time", name)
+    assert wait.count == 3 and wait.max >= HOLD
     assert after.value("db.client.connection.use_time", name).max >= HOLD
     assert after.value("db.client.connection.create_time", name).count == 1
     assert gauges(Reading(reader), name)["max"] is None  # closed: gone
@@ -301,46 +310,6 @@ def test_seed_face_sync_held_timeout_wait_and_use(
     assert after.value("db.client.connection.use_time", name).max >= HOLD
     assert after.value("db.client.connection.create_time", name).count == 1  # prefilled
     assert gauges(Reading(reader), name)["max"] is None  # closed: gone
-
-
-def test_seed_face_async_held_timeout_wait_and_use(
-    reader: InMemoryMetricReader, pg_dsn: str
-) -> None:
-    from pgpool_compat.compat import nextorm
-
-    async def connect() -> Any:
-        return psycopg2.connect(pg_dsn)
-
-    async def scenario() -> Tuple[str, Reading, Reading]:
-        pool = nextorm.AsyncConnectionPool(connect, min_size=1, max_size=1, timeout=4 * HOLD)
-        runner = pool._runner
-        try:
-            await pool.start()
-            conn = await pool.acquire()
-            waiter = asyncio.ensure_future(pool.acquire())
-            await asyncio.sleep(HOLD)
-            held = Reading(reader)
-            await pool.release(conn)
-            await pool.release(await waiter)
-            conn = await pool.acquire()
-            with pytest.raises(nextorm.PoolTimeoutError):
-                await pool.acquire()
-            await pool.release(conn)
-            return metrics.label_of(runner), held, Reading(reader)
-        finally:
-            await runner.close()
-
-    name, held, after = asyncio.run(scenario())
-    assert gauges(held, name) == {
-        "idle": 0, "used": 1, "max": 1, "idle_max": 1, "idle_min": 1, "pending": 1,
-        "timeouts": 0,
-    }  # fmt: skip
-    assert gauges(after, name)["timeouts"] == 1
-    wait = after.value("db.client.connection.wait_time", name)
-    assert wait.count == 3 and wait.max >= HOLD
-    assert after.value("db.client.connection.use_time", name).max >= HOLD
-    assert after.value("db.client.connection.create_time", name).count == 1
-    assert gauges(Reading(reader), name)["max"] is None
 
 
 def test_every_seed_face_is_listed(reader: InMemoryMetricReader, pg_dsn: str) -> None:

@@ -402,6 +402,7 @@ def test_manager_pool(reader: InMemoryMetricReader, own_database: str) -> None:
         assert gauges(reading, name)["idle"] == 1
         assert reading.value("db.client.connection.use_time", name).max >= HOLD
         assert reading.value("db.client.connection.create_time", name).count == 1
+        assert reading.value("db.client.connection.wait_time", name).count == 1  # served
     finally:
         PoolManager.shutdown()
     assert gauges(Reading(reader), name)["max"] is None

@@ -612,25 +612,28 @@ def case_contrib_async_tcp_socket(lib: Any) -> Any:
 
 
 def case_contrib_async_unix(lib: Any) -> Any:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "echo.sock"
+    async def roundtrip(manager: Any, path: Path) -> List[Any]:
+        # One server per manager: with a shared one, the first pool's replacement connection
+        # (accepted after the first cut) would satisfy the second cut's wait for a client, and
+        # the second pool's connection, still in the listen backlog, would escape the cut.
         server = _EchoServer(socket.AF_UNIX, str(path))
         try:
-
-            async def main() -> Tuple[Any, Any]:
-                unix_async = _mod(lib, "contrib.unix_async")
-                results = []
-                for manager in (
-                    unix_async.UnixSocketConnectionManager(),
-                    unix_async.UnixSocketStreamConnectionManager(),
-                ):
-                    pool = _mod(lib, "asyncio").ConnectionPool(manager, min_idle=1, max_size=2)
-                    results.append(await _async_stream_roundtrip(pool, path, server))
-                return results[0], results[1]
-
-            return list(asyncio.run(main()))
+            pool = _mod(lib, "asyncio").ConnectionPool(manager, min_idle=1, max_size=2)
+            return await _async_stream_roundtrip(pool, path, server)
         finally:
             server.stop()
+
+    async def main() -> List[Any]:
+        unix_async = _mod(lib, "contrib.unix_async")
+        with tempfile.TemporaryDirectory() as folder:
+            return [
+                await roundtrip(unix_async.UnixSocketConnectionManager(), Path(folder) / "a.sock"),
+                await roundtrip(
+                    unix_async.UnixSocketStreamConnectionManager(), Path(folder) / "b.sock"
+                ),
+            ]
+
+    return asyncio.run(main())
 
 
 def _self_signed(folder: str) -> Tuple[str, str]:

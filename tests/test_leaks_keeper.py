@@ -37,8 +37,8 @@ def leak_warnings(caplog: pytest.LogCaptureFixture, pool_name: str) -> List[str]
         record.getMessage()
         for record in caplog.records
         if record.levelno == logging.WARNING
-        and "pool_leak_timeout" in record.getMessage()
-        and repr(pool_name) in record.getMessage()
+        and "longer than the leak timeout" in record.getMessage()
+        and record.getMessage().startswith(f"{pool_name}: ")
     ]
 
 

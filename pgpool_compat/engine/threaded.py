@@ -97,6 +97,8 @@ class ThreadedRunner(Generic[ConnT]):
             or settings.leak_timeout is not None
         )
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
+        self._upkeep_wanted = False  # due, noticed under the lock: run once it is released
+        self.unlogged_losses = 0
         self._keeper: Optional[_Keeper] = None
         register(self)
         if settings.background:
@@ -161,35 +163,74 @@ class ThreadedRunner(Generic[ConnT]):
                 if core.inherited.pop(id(conn), None) is not None:
                     return  # borrowed before a fork: the parent's, never closed here
                 entry = core.take_back(conn)  # raises NotBorrowed, worded once in the core
-            now = monotonic()
-            used = now - entry.checked_out_at
-            core.counters.usage_ms += used * 1000.0
-            state = None if discard else self._return_state(conn)
-            if state is None:
-                if not discard:
-                    core.counters.returns_bad += 1
-                core.drop(entry)
-            elif state and core.keeps(entry):
-                core.hold(entry)
-            elif state:
-                state = None  # not kept anyway (idle cap): closed without a useless reset
-                core.drop(entry)
-            else:
-                core.shelve(entry, now)
-            upkeep = self._needs_upkeep and now >= self._upkeep_due
+            state = self.returned(entry, discard)
             doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
             if doomed:
                 core.doomed = []
         finally:
             lock.release()
+        # Hot path: the call only when there is something to do after the lock round.
+        if doomed or state or self._upkeep_wanted or self.observer is not None:
+            self.after_return(entry, state, doomed)
+
+    def returned(self, entry: Entry, discard: bool) -> Optional[bool]:
+        """(Lock held) Book the return of a borrowed entry, off ``out`` already: shelved,
+        dropped, or held for a reset (the state returned: True means ``after_return`` resets
+        it)."""
+        core = self.core
+        now = monotonic()
+        core.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
+        state = None if discard else self._return_state(entry.conn)
+        if state is None:
+            if not discard:
+                core.counters.returns_bad += 1
+            core.drop(entry)
+        elif state and core.keeps(entry):
+            core.hold(entry)
+        elif state:
+            state = None  # not kept anyway (idle cap): closed without a useless reset
+            core.drop(entry)
+        else:
+            core.shelve(entry, now)
+        if self._needs_upkeep and now >= self._upkeep_due:
+            self._upkeep_due = now + UPKEEP_INTERVAL
+            self._upkeep_wanted = True
+        return state
+
+    def after_return(self, entry: Entry, state: Optional[bool], doomed: List[Entry]) -> None:
+        """The I/O of a return, lock released: close the doomed, upkeep, reset."""
         if doomed:
             self._dispose(doomed)
-        if upkeep:
-            self._tidy(upkeep)
+        if self._upkeep_wanted:
+            self._tidy(True)
         if state:
             self._settle(entry)
         if self.observer is not None:
-            self.observer.used(self.name, used)
+            self.observer.used(self.name, monotonic() - entry.checked_out_at)
+
+    def lend_idle_probed(self, key: Hashable, now: float) -> Optional[Entry]:
+        """(Lock held) Lend an idle connection of ``key`` that passes the socket probe, run
+        here under the lock (a zero-timeout poll, no round trip): the psycopg2 face's
+        one-lock-round checkout. Dead ones are counted and doomed; ``log_losses()`` logs
+        them once the lock is released."""
+        core = self.core
+        probe = self._checks.probe
+        while True:
+            entry = core.take_idle(key, now)
+            if entry is None or probe is None or probe(entry.conn, entry.state):
+                return entry
+            self._checks.lost(entry, now)
+            core.counters.connections_lost += 1
+            del core.out[id(entry.conn)]
+            core.drop(entry)
+            self.unlogged_losses += 1
+
+    def log_losses(self) -> None:
+        """Log the dead connections ``lend_idle_probed`` dropped (lock released)."""
+        with self._lock:
+            lost, self.unlogged_losses = self.unlogged_losses, 0
+        for _ in range(lost):
+            log.dead_dropped(self.name, "socket")
 
     # -- other verbs -----------------------------------------------------------------------
 
@@ -591,6 +632,7 @@ class ThreadedRunner(Generic[ConnT]):
         with self._lock:
             now = monotonic()
             self._upkeep_due = now + UPKEEP_INTERVAL
+            self._upkeep_wanted = False
             self.core.sweep(now, self.settings.sweep_batch)
             leaked = [] if limit is None else self.core.leaks(now, limit)
             ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]

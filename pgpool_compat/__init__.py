@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import PoolError, PoolTimeout, PoolTimeoutError
+from .errors import PoolError, PoolTimeout, PoolTimeoutError, WrongKeyError
 from .pool import AbstractConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ __all__ = [
     "QueriesException",
     "SimpleConnectionPool",
     "ThreadedConnectionPool",
+    "WrongKeyError",
     "__version__",
     "pool_id",
 ]

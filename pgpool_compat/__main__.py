@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-USAGE = "usage: python -m pgpool_compat bench [--help] [options]\n"
+from ._commands import shown_python
+
+USAGE = f"usage: {shown_python()} -m pgpool_compat bench [--help] [options]\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
+from .dsn import call_without_secrets
 from .health import ConnT, Driver, Psycopg2Driver, SessionDefaults
 
 __all__ = [
@@ -68,7 +69,8 @@ class FactoryDriver(Driver[ConnT]):
         self._needs_reset: Optional[bool] = reset is not None
 
     def connect(self) -> ConnT:
-        return self._factory()
+        # A psycopg2 parse error would quote the factory's DSN, password and all.
+        return call_without_secrets(self._factory)
 
     def prepare(self, conn: ConnT) -> Any:
         if self._configure is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "PoolTimeoutError",
+    "WrongKeyError",
 ]
 
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
@@ -61,3 +62,14 @@ class NotBorrowed(PoolError):  # type: ignore[misc]
 class DuplicateConnection(PoolError):  # type: ignore[misc]
     """The factory returned an object the pool already holds (a shared client, ``None``):
     handing it out would give one object to two borrowers."""
+
+
+class WrongKeyError(PoolError, KeyError):  # type: ignore[misc]
+    """``putconn(conn, key)`` with a key the connection was not checked out with.
+
+    Also a ``KeyError``, which is what psycopg2.pool raised, so code written against it
+    keeps catching it; the message is our own clear one (KeyError would quote it).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

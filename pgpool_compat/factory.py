@@ -9,26 +9,20 @@ vocabulary (``acquire``/``release``/``close_all``), and ``timeout=None`` waits f
 from __future__ import annotations
 
 from contextlib import contextmanager, suppress
-from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 
 from .driver import FactoryDriver
-from .engine.stats import Figures
 from .engine.threaded import ThreadedRunner
 from .errors import PoolClosed
-from .settings import (
-    Settings,
-    check_callable,
-    check_flag,
-    check_seconds,
-    check_size,
-)
+from .factory_face import FactoryFace, factory_settings, prefill_count
+from .settings import check_callable
 
 __all__ = ["ConnectionPool", "FactoryDriver"]
 
 ConnT = TypeVar("ConnT")
 
 
-class ConnectionPool(Generic[ConnT]):
+class ConnectionPool(FactoryFace, Generic[ConnT]):
     """A thread-safe pool of whatever ``factory()`` returns.
 
     Opens ``min_size`` connections at once and never holds more than ``max_size``.
@@ -63,23 +57,17 @@ class ConnectionPool(Generic[ConnT]):
         lifo: bool = True,
         name: Optional[str] = None,
     ) -> None:
-        check_size("min_size", min_size)
-        check_size("max_size", max_size, minimum=1)
-        if min_size > max_size:
-            raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
-        settings = Settings(
-            name=name,
+        settings = factory_settings(
             min_size=min_size,
             max_size=max_size,
-            timeout=check_seconds("timeout", timeout, allow_zero=True),
-            check=check_callable("check", check),
-            max_idle=check_seconds("max_idle", max_idle, allow_zero=False),
-            max_lifetime=check_seconds("max_lifetime", max_lifetime, allow_zero=False),
-            leak_timeout=check_seconds("leak_timeout", leak_timeout, allow_zero=False),
-            background=check_flag("background", background),
-            lifo=check_flag("lifo", lifo),
+            timeout=timeout,
+            check=check,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            leak_timeout=leak_timeout,
+            background=background,
+            lifo=lifo,
+            name=name,
         )
         driver: FactoryDriver[ConnT] = FactoryDriver(
             check_callable("factory", factory, required=True),
@@ -135,9 +123,7 @@ class ConnectionPool(Generic[ConnT]):
     def prefill(self, n: Optional[int] = None) -> None:
         """Open connections until the pool holds ``n`` (default ``min_size``, at most
         ``max_size``). A connect error is raised; connections already opened stay."""
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ValueError(f"prefill() needs a count of at least 0, got {n!r}")
-        self._runner.prefill(n)
+        self._runner.prefill(prefill_count(n))
 
     def check(self) -> int:
         """Run ``check`` on every idle connection now and close the failing ones; return
@@ -153,39 +139,3 @@ class ConnectionPool(Generic[ConnT]):
 
     def __exit__(self, *exc_info: object) -> None:
         self._runner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._runner.closed
-
-    @property
-    def name(self) -> str:
-        """``name``, or one made from the pool's id; every log line starts with it."""
-        return self._runner.name
-
-    @property
-    def pool_size(self) -> int:
-        """Connections the pool holds: idle, borrowed, and being opened or reset (0 once
-        closed)."""
-        return self._runner.size
-
-    @property
-    def idle_count(self) -> int:
-        """Connections ready to be handed out at once (0 once closed)."""
-        return self._runner.idle_count
-
-    def get_stats(self) -> Dict[str, int]:
-        """Gauges and counters, with psycopg_pool's key names."""
-        return self._runner.stats()
-
-    def pop_stats(self) -> Dict[str, int]:
-        """Like ``get_stats()``, then zero the counters."""
-        return self._runner.stats(pop=True)
-
-    def figures(self) -> Figures:
-        """The gauges metrics export."""
-        return self._runner.figures()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else f"size={self.pool_size} idle={self.idle_count}"
-        return f"<{type(self).__name__} {self.name!r} {state}>"

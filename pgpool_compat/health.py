@@ -15,11 +15,12 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Generic, Hashable, Iterator, List, Optional, Tuple, TypeVar
 
 import psycopg2
 from psycopg2 import extensions
 
+from .dsn import connect as connect_without_secrets
 from .options import PoolOptions
 
 __all__ = ["ConnT", "Driver", "Psycopg2Driver", "SessionDefaults"]
@@ -73,6 +74,21 @@ class Driver(Generic[ConnT]):
     def dispose(self, conn: ConnT) -> None:
         """Close the connection, never raising."""
 
+    # Endpoint-keyed pools (generic-connection-pool) need the key to open a connection and
+    # its state to close one; every other driver ignores both through these defaults.
+
+    def connect_to(self, key: Hashable) -> ConnT:
+        """Open a connection for sub-pool ``key`` (default: ``connect()``)."""
+        return self.connect()
+
+    def prepare_for(self, conn: ConnT, key: Hashable) -> Any:
+        """``prepare(conn)`` for a connection of sub-pool ``key``."""
+        return self.prepare(conn)
+
+    def dispose_with(self, conn: ConnT, state: Any) -> None:
+        """``dispose(conn)``, given the state ``prepare`` returned (never raising)."""
+        self.dispose(conn)
+
 
 class SessionDefaults:
     """A psycopg2 connection's session characteristics as first handed out."""
@@ -122,8 +138,7 @@ class Psycopg2Driver(Driver[Any]):
         self._always_reset = self._discard or self._custom_reset is not None
 
     def connect(self) -> Any:
-        # Looked up at call time: tests and users monkeypatch psycopg2.connect.
-        return psycopg2.connect(*self._args, **self._kwargs)
+        return connect_without_secrets(*self._args, **self._kwargs)
 
     def prepare(self, conn: Any) -> Any:
         if self._options.configure is not None:

@@ -16,8 +16,11 @@ from .stats import PoolStats
 
 __all__ = [
     "CLOSED_MESSAGE",
+    "DUPLICATE_MESSAGE",
+    "FOREIGN_RELEASE_MESSAGE",
     "MAX_SECONDS",
     "callable_setting",
+    "count_setting",
     "default_releaser",
     "exhausted_message",
     "flag_setting",
@@ -26,10 +29,22 @@ __all__ = [
     "prefill_count",
     "seconds_setting",
     "size_settings",
+    "timeout_limits",
 ]
 
 #: psycopg2.pool's own wording: application code tests ``"closed" in str(error)``.
 CLOSED_MESSAGE = "connection pool is closed"
+
+#: A connect that returned no new object (``%s``: what it returned instead). Refused, so
+#: that one object never goes to two borrowers; the slot is freed.
+DUPLICATE_MESSAGE = (
+    "the connection factory returned %s; each connect must return a new connection "
+    "(nothing was handed out and the slot is free again)"
+)
+
+#: ``release()`` of a connection the pool did not hand out (or already took back): the
+#: factory pools' wording, sync and async alike.
+FOREIGN_RELEASE_MESSAGE = "trying to release a connection this pool did not hand out"
 
 #: Longest accepted duration: one year. Longer is a typo, and overflows lock timeouts.
 MAX_SECONDS = 365 * 24 * 3600.0
@@ -44,6 +59,12 @@ def idle_too_long(
     ``min_size`` connections open (``open_count`` counts this one).
     """
     return max_idle is not None and now - record.idle_since > max_idle and open_count > min_size
+
+
+def timeout_limits(timeout: Optional[float], max_size: int) -> str:
+    """The factory pools' ``limits`` for ``exhausted_message``, in their own keywords."""
+    shown = "None" if timeout is None else f"{timeout:g}"
+    return f"timeout={shown}, max_size={max_size}"
 
 
 def exhausted_message(waited: float, limits: str, others_waiting: int) -> str:
@@ -91,17 +112,21 @@ def default_releaser(conn: Any) -> Any:
     return close() if callable(close) else None
 
 
+def count_setting(name: str, value: Any, *, minimum: int) -> int:
+    """Validate a whole-number keyword (a size), naming it in errors."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def size_settings(min_size: Any, max_size: Any) -> Tuple[int, int]:
-    """Validate the factory pools' ``min_size`` / ``max_size``."""
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be at least 0, got {min_size}")
-    if max_size < 1 or max_size < min_size:
-        raise ValueError(
-            f"max_size must be at least 1 and at least min_size ({min_size}), got {max_size}"
-        )
+    """Validate the factory pools' ``min_size`` / ``max_size`` (at least 1 and min_size)."""
+    count_setting("min_size", min_size, minimum=0)
+    count_setting("max_size", max_size, minimum=1)
+    if max_size < min_size:
+        raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
     return min_size, max_size
 
 

@@ -6,6 +6,11 @@ Drop-in for ``queries.pool`` (same names, classmethods, defaults, messages and s
 - one reentrant lock for the manager, every pool and every connection, so a session's
   ``__del__`` that runs in a garbage-collection pass inside the lock cannot deadlock, and
   no two locks can ever be taken in opposite orders;
+- ``connection()`` callers wait on the engine's rules: a first-come-first-served queue of
+  waiters, each handed a connection or a slot the moment one is free (a free, a removal, a
+  session collected) and able to refuse it if it gave up in the same instant; no polling.
+  A returned connection is judged by the psycopg2 driver's return rules (rolled back if in a
+  transaction, discarded if broken).
 - ``create``, ``shutdown``, ``clean`` and every read of ``_pools`` happen under that lock;
 - the idle TTL is enforced whenever a pool is used (plus an optional background cleaner),
   closed and dead connections are pruned instead of holding slots for ever;
@@ -18,6 +23,7 @@ Pools are keyed by :func:`pgpool_compat.dsn.pool_id`, so the registry never hold
 from __future__ import annotations
 
 import atexit
+import contextvars
 import datetime
 import logging
 import math
@@ -27,14 +33,31 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
+from types import TracebackType
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+)
 
 import psycopg2
 from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
+from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id
+from .engine.core import SLOT
+from .engine.threaded import _ThreadWaiter
 from .health import Psycopg2Driver
+from .lifecycle import count_setting
 from .options import PoolOptions
 
 __all__ = [
@@ -67,11 +90,14 @@ SHUTDOWN_TIMEOUT = 5.0
 #: Seconds between background cleaner passes unless ``start_cleaner`` is told otherwise.
 DEFAULT_CLEAN_INTERVAL = 5.0
 
-# A waiter in ``connection(timeout=...)`` re-checks at least this often: a session that dies
-# without freeing its connection sends no signal the waiter could otherwise rely on.
-_RECHECK_INTERVAL = 0.05
-
 _SIZE_VARIABLES = ("PGPOOL_MAX_POOL_SIZE", "QUERIES_MAX_POOL_SIZE")
+
+# ``PoolManager.shutdown`` calls each pool's ``shutdown()`` with no argument, as queries does
+# (its tests mock the method and assert that call); its overall deadline reaches
+# ``Pool.shutdown`` through here instead.
+_SHUTDOWN_DEADLINE: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar(
+    "pgpool_compat_shutdown_deadline", default=None
+)
 
 
 def max_pool_size_from(environ: Mapping[str, str]) -> int:
@@ -97,13 +123,89 @@ def max_pool_size_from(environ: Mapping[str, str]) -> int:
 
 DEFAULT_MAX_SIZE = max_pool_size_from(os.environ)
 
-# One lock for everything here: see the module docstring.
-_LOCK = threading.RLock()
-# Signalled whenever a connection or a slot may have become available.
-_CHANGED = threading.Condition(_LOCK)
 
-# Probes and closes psycopg2 connections; it never connects, so it needs no arguments.
-_DRIVER = Psycopg2Driver((), {}, PoolOptions())
+class _ManagerLock:
+    """The one reentrant lock, which also serves the waiters of connections freed by a
+    garbage-collected session while another thread held it: a collection may run in any
+    thread, so the release is noted and served when the lock is next let go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # changed by the owner only
+        self.releases_pending = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        outermost = self._depth == 1
+        if outermost and self.releases_pending:
+            _serve_released()
+        self._depth -= 1
+        self._lock.release()
+        # A session collected in another thread between that check and the release.
+        if outermost and self.releases_pending and self._lock.acquire(blocking=False):
+            self._depth += 1
+            self.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.release()
+
+    def owned(self) -> bool:
+        return self._depth > 0 and self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def reinit_after_fork(self) -> None:
+        """In a forked child: a thread that held the lock at the fork does not exist."""
+        self._lock._at_fork_reinit()  # type: ignore[attr-defined]
+        self._depth = 0
+        self.releases_pending = False
+
+
+# One lock for everything here: see the module docstring.
+_LOCK = _ManagerLock()
+
+
+class _AdoptedConnections(Psycopg2Driver):
+    """The psycopg2 driver's probe, return rules and close, for connections the manager
+    adopts: queries sessions open their own, and ``connection(dsn)`` opens with the DSN of
+    the call (the registry never keeps a DSN), so this driver never connects."""
+
+    def __init__(self) -> None:
+        super().__init__((), {}, PoolOptions())
+
+    def connect(self) -> Any:
+        raise PoolManagerError("the manager adopts connections; it never opens one itself")
+
+
+_DRIVER = _AdoptedConnections()
+
+
+class _PoolGone(BaseException):
+    """Offered to the waiters of a pool that was removed: they start over on a new pool."""
+
+
+class _Turn(_ThreadWaiter):
+    """A ``connection()`` caller in a pool's queue: offered ``SLOT`` when served, with
+    ``handle`` set if an idle connection (already locked to ``lease``) was handed to it,
+    ``None`` if a slot was reserved for it to connect in."""
+
+    __slots__ = ("handle", "lease")
+
+    def __init__(self, lease: _Lease, now: float) -> None:
+        super().__init__(None, now)
+        self.lease = lease
+        self.handle: Any = None
 
 
 # -- exceptions ----------------------------------------------------------------------------
@@ -152,6 +254,9 @@ class ActivePoolError(PoolException):
 class ConnectionBusyError(ConnectionException):
     """Raised when locking, freeing or closing a connection that is busy."""
 
+    #: Set by ``Pool.shutdown``: how many connections it had to leave open.
+    connections_left = 1
+
     def __str__(self) -> str:
         return f"Connection {self.cid} is busy"
 
@@ -193,16 +298,23 @@ class PoolNotFoundError(PoolException, KeyError):
 
 
 def _session_gone(_ref: Any) -> None:
-    """Wake waiters when a session dies holding a connection.
+    """Serve waiters when a session dies holding a connection.
 
-    Runs inside the garbage collector, possibly in a thread holding unrelated locks, so it
-    never blocks: when the lock is busy the waiters' periodic re-check covers it.
+    Runs inside the garbage collector, possibly in a thread holding unrelated locks or in
+    the middle of a manager call, so it never blocks and never serves from inside one: it
+    notes the release, which the lock's holder serves as it lets go (see ``_ManagerLock``).
     """
-    if _LOCK.acquire(blocking=False):
-        try:
-            _CHANGED.notify_all()
-        finally:
-            _LOCK.release()
+    _LOCK.releases_pending = True
+    if not _LOCK.owned() and _LOCK.acquire(blocking=False):
+        _LOCK.release()
+
+
+def _serve_released() -> None:
+    """Serve the waiters of every pool (lock held): sessions died holding connections."""
+    _LOCK.releases_pending = False
+    for pool in list(PoolManager._pools.values()):
+        if isinstance(pool, Pool) and pool._waiters:
+            pool._serve()
 
 
 def _is_usable(connection: Connection) -> bool:
@@ -237,27 +349,6 @@ def _close_within(handles: List[Any], deadline: float) -> List[int]:
         if closer.is_alive():
             left.append(cid)
     return left
-
-
-def _settle(handle: Any) -> bool:
-    """Make a returned connection idle again; return False when it must be discarded.
-
-    An open transaction is rolled back; a connection that is closed, lost (status unknown),
-    still running an asynchronous query, or whose rollback fails is unusable.
-    """
-    try:
-        if handle.closed:
-            return False
-        status = handle.info.transaction_status
-        if status == extensions.TRANSACTION_STATUS_IDLE:
-            return True
-        if status in (extensions.TRANSACTION_STATUS_INTRANS,
-                      extensions.TRANSACTION_STATUS_INERROR):
-            handle.rollback()
-            return True
-    except psycopg2.Error as error:  # the server went away, or shutdown closed it
-        logger.info("returned connection is unusable (%s); discarded", type(error).__name__)
-    return False
 
 
 class _Lease:
@@ -369,7 +460,8 @@ class Pool:
         # Wall clock by default, as queries: its users compare idle_start with time.time().
         self.time_method = time_method or time.time
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
-        self._waiters: Deque[object] = deque()  # PoolManager.connection callers, oldest first
+        self._waiters: Deque[_Turn] = deque()  # PoolManager.connection callers, oldest first
+        self._serving = False
 
     def __contains__(self, connection: Any) -> bool:
         return id(connection) in self.connections
@@ -453,7 +545,7 @@ class Pool:
             wrapper.free()
             if not self.busy_connections:
                 self.idle_start = self.time_method()
-            _CHANGED.notify_all()
+            self._serve()
 
     def get(self, session: Any) -> Any:
         """An idle connection (oldest first), locked to ``session``.
@@ -463,16 +555,10 @@ class Pool:
         """
         with self._lock:
             self._prune_closed()
-            for connection in self.idle_connections:
-                if not _is_usable(connection):
-                    logger.info("Pool %s dropping connection %s: server closed it", self.id,
-                                connection.id)
-                    self.remove(connection.handle)
-                    continue
-                connection.lock(session)
-                self.idle_start = None
-                return connection.handle
-        raise NoIdleConnectionsError(self.id)
+            handle = self._take_idle(session)
+        if handle is None:
+            raise NoIdleConnectionsError(self.id)
+        return handle
 
     @property
     def id(self) -> str:
@@ -522,7 +608,7 @@ class Pool:
                 raise ConnectionNotFoundError(self.id, cid)
             self.connection_handle(connection).close()
             del self.connections[cid]
-            _CHANGED.notify_all()
+            self._serve()
         logger.debug("Pool %s removed connection %s", self.id, cid)
 
     def report(self) -> Dict[str, Any]:
@@ -545,13 +631,20 @@ class Pool:
                 "waiting": len(self._waiters),
             }
 
-    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+    def shutdown(self, timeout: Optional[float] = None) -> None:
         """Close every connection, those held by sessions included (waiting at most
-        ``timeout`` seconds for them). Executing ones, and held ones that would not close in
-        time, are left: the first raises ``ConnectionBusyError`` after the rest are closed."""
-        left = self._shutdown(time.monotonic() + timeout)
+        ``timeout`` seconds for them; default ``SHUTDOWN_TIMEOUT``, or what is left of
+        ``PoolManager.shutdown``'s). Executing ones, and held ones that would not close in
+        time, are left: the first raises ``ConnectionBusyError`` after the rest are closed;
+        its ``connections_left`` says how many were left."""
+        deadline = _SHUTDOWN_DEADLINE.get()
+        if timeout is not None or deadline is None:
+            deadline = time.monotonic() + (SHUTDOWN_TIMEOUT if timeout is None else timeout)
+        left = self._shutdown(deadline)
         if left:
-            raise ConnectionBusyError(left[0])
+            error = ConnectionBusyError(left[0])
+            error.connections_left = len(left)
+            raise error
 
     def set_idle_ttl(self, ttl: float) -> None:
         """Set the idle TTL (seconds)."""
@@ -562,7 +655,7 @@ class Pool:
         """Set the maximum number of connections."""
         with self._lock:
             self.max_size = size
-            _CHANGED.notify_all()
+            self._serve()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -574,6 +667,55 @@ class Pool:
         for connection in self._snapshot():
             if connection.closed and not connection._held():
                 self.remove(connection.handle)
+
+    def _take_idle(self, session: Any) -> Any:
+        """The oldest idle connection that passes the probe, locked to ``session``, or
+        None (lock held). Those whose server hung up are dropped, not handed out."""
+        for connection in self.idle_connections:
+            if not _is_usable(connection):
+                logger.info("Pool %s dropping connection %s: server closed it", self.id,
+                            connection.id)
+                self.remove(connection.handle)
+                continue
+            connection.lock(session)
+            self.idle_start = None
+            return connection.handle
+        return None
+
+    def _serve(self) -> None:
+        """Hand what is free to the waiters, oldest first (lock held): an idle connection,
+        else a slot to connect in. A waiter that gave up in the same instant refuses it, and
+        it goes to the next."""
+        if self._serving:
+            return  # a removal inside the loop below: the loop sees the freed slot
+        self._serving = True
+        try:
+            self._serve_in_order()
+        finally:
+            self._serving = False
+
+    def _serve_in_order(self) -> None:
+        while self._waiters:
+            turn = self._waiters[0]
+            handle = self._take_idle(turn.lease) if self.idle_connections else None
+            if handle is None and self.is_full:
+                return
+            self._waiters.popleft()
+            if handle is None:
+                self._reserved += 1
+            turn.handle = handle
+            if turn.offer(SLOT):
+                continue
+            if handle is None:  # refused: undo the reservation
+                self._reserved -= 1
+            else:
+                self.connection_handle(handle).used_by = None
+
+    def _turn_away(self) -> None:
+        """The pool is being removed: its waiters start over on a new one (lock held)."""
+        waiters, self._waiters = self._waiters, deque()
+        for turn in waiters:
+            turn.offer(_PoolGone())
 
     def _shutdown(self, deadline: float) -> List[int]:
         """Take every non-executing connection off the books and close it; return the ids
@@ -589,7 +731,7 @@ class Pool:
                 (held if connection._held() else idle).append(connection.handle)
                 connection.used_by = None
                 del self.connections[cid]
-            _CHANGED.notify_all()
+            self._turn_away()
         for handle in idle:
             _DRIVER.dispose(handle)
         left = executing + _close_within([h for h in held if not h.closed], deadline)
@@ -598,6 +740,27 @@ class Pool:
 
 
 # -- PoolManager ---------------------------------------------------------------------------
+
+
+def _seconds(name: str, value: Any) -> None:
+    """Validate a duration of ``PoolManager.connection``: a number >= 0 (``inf`` is allowed,
+    as queries allows any TTL), naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _shut_down(pid: str, pool: Pool) -> int:
+    """Call the pool's own ``shutdown()`` (a subclass's override or a test's mock gets the
+    call, as in queries); return how many connections it left open."""
+    try:
+        pool.shutdown()
+    except ConnectionBusyError as error:
+        return error.connections_left
+    except Exception as error:  # one failing pool must not stop the others' shutdown
+        logger.error("Pool %s shutdown failed: %s", pid, type(error).__name__)
+    return len(pool)
 
 
 class _Cleaner(threading.Thread):
@@ -788,10 +951,14 @@ class PoolManager:
         if cleaner is not None:
             _stop(cleaner, max(0.0, deadline - time.monotonic()))
         report: Dict[str, int] = {}
-        for pid, pool in pools:
-            left = pool._shutdown(deadline)
-            if left:
-                report[pid] = len(left)
+        token = _SHUTDOWN_DEADLINE.set(deadline)
+        try:
+            for pid, pool in pools:
+                left = _shut_down(pid, pool)
+                if left:
+                    report[pid] = left
+        finally:
+            _SHUTDOWN_DEADLINE.reset(token)
         if report:
             logger.warning("PoolManager.shutdown left %d connection(s) open in pool(s) %s",
                            sum(report.values()), ", ".join(sorted(report)))
@@ -834,8 +1001,10 @@ class PoolManager:
         ``PoolFullError`` at once, or after waiting up to ``timeout`` seconds, first come
         first served among ``connection()`` callers.
         """
-        if timeout is not None and (math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        count_setting("max_size", max_size, minimum=1)
+        _seconds("idle_ttl", idle_ttl)
+        if timeout is not None:
+            _seconds("timeout", timeout)
         pid = pool_id(dsn)
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = _Lease()
@@ -927,11 +1096,11 @@ class PoolManager:
             if handle is not None:
                 return pool, handle
             try:
-                handle = psycopg2.connect(libpq_dsn(dsn))
+                handle = connect_without_secrets(libpq_dsn(dsn))
             except BaseException:
                 with cls._lock:
                     pool._reserved -= 1
-                    _CHANGED.notify_all()
+                    pool._serve()  # the slot goes to the next in line
                 raise
             with cls._lock:
                 pool._reserved -= 1
@@ -939,7 +1108,6 @@ class PoolManager:
                     pool.add(handle)
                     pool.lock(handle, lease)
                     return pool, handle
-                _CHANGED.notify_all()
             # The pool was removed (remove / shutdown) while we connected: start over.
             _DRIVER.dispose(handle)
 
@@ -952,41 +1120,59 @@ class PoolManager:
         idle_ttl: float,
         deadline: Optional[float],
     ) -> Tuple[Pool, Any]:
-        """Under the lock, in arrival order: an idle connection, or a reserved slot
-        (``None`` handle), or ``PoolFullError`` once ``deadline`` has passed."""
-        ticket = object()
-        queued_in: Optional[Pool] = None
-        with cls._lock:
+        """In arrival order: an idle connection locked to ``lease``, or a reserved slot
+        (``None`` handle), or ``PoolFullError`` once ``deadline`` has passed. A caller that
+        must wait queues and sleeps until a free or a removal serves it."""
+        while True:
+            with cls._lock:
+                pool = cls._pools.get(pid)
+                if pool is None:
+                    pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size)
+                if not pool._waiters:  # never past those already waiting
+                    pool.clean()
+                    handle = pool._take_idle(lease)
+                    if handle is not None:
+                        return pool, handle
+                    if not pool.is_full:
+                        pool._reserved += 1
+                        return pool, None
+                now = time.monotonic()
+                if deadline is None or now >= deadline:
+                    raise PoolFullError(pid)
+                turn = _Turn(lease, now)
+                pool._waiters.append(turn)
             try:
-                while True:
-                    pool = cls._pools.get(pid)
-                    if pool is None:
-                        pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size)
-                    if not pool._waiters or pool._waiters[0] is ticket:
-                        pool.clean()
-                        try:
-                            return pool, pool.get(lease)
-                        except NoIdleConnectionsError:
-                            if not pool.is_full:
-                                pool._reserved += 1
-                                return pool, None
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is None or remaining <= 0:
-                        raise PoolFullError(pid)
-                    if queued_in is not pool:
-                        pool._waiters.append(ticket)
-                        queued_in = pool
-                    _CHANGED.wait(min(remaining, _RECHECK_INTERVAL))
-            finally:
-                if queued_in is not None and ticket in queued_in._waiters:
-                    queued_in._waiters.remove(ticket)
-                    _CHANGED.notify_all()  # the next in line may go now
+                turn.sleep(deadline)
+            except BaseException:  # KeyboardInterrupt while asleep: hand on what we got
+                with cls._lock:
+                    cls._give_up(pool, turn)
+                raise
+            with cls._lock:
+                if turn.grant is None:
+                    cls._give_up(pool, turn)
+                    raise PoolFullError(pid)
+            if not isinstance(turn.grant, _PoolGone):
+                return pool, turn.handle
+            # The pool was removed while we waited: start over on a new one.
+
+    @staticmethod
+    def _give_up(pool: Pool, turn: _Turn) -> None:
+        """Leave the queue (lock held), handing on whatever was granted in the same instant."""
+        turn.gave_up = True
+        if turn in pool._waiters:
+            pool._waiters.remove(turn)
+        elif turn.grant is SLOT and turn.handle is None:
+            pool._reserved -= 1
+            pool._serve()
+        elif turn.grant is SLOT and turn.handle in pool:
+            pool.free(turn.handle)
 
     @classmethod
     def _checkin(cls, pid: str, pool: Pool, handle: Any) -> None:
-        """Roll back and free a connection taken by ``connection()``; close and remove it
-        when it is broken or its pool has gone."""
-        usable = _settle(handle)  # I/O: with no lock held; the connection is still ours
+        """Give back a connection taken by ``connection()``, by the psycopg2 driver's return
+        rules: rolled back if a transaction is open, closed and removed if it is broken or
+        its pool has gone. The reset is I/O: no lock held (the connection is still ours)."""
+        usable = cls._reset(handle)
         if not usable:
             _DRIVER.dispose(handle)
         with cls._lock:
@@ -1001,19 +1187,29 @@ class PoolManager:
                 del pool.connections[id(handle)]
         _DRIVER.dispose(handle)
 
+    @staticmethod
+    def _reset(handle: Any) -> bool:
+        """Whether a returned connection may be reused, after the driver's reset if needed."""
+        try:
+            state = _DRIVER.return_state(handle)
+            if state:
+                _DRIVER.reset(handle, None)  # a rollback: no per-connection state needed
+        except psycopg2.Error as error:  # the server went away, or shutdown closed it
+            logger.info("returned connection is unusable (%s); discarded", type(error).__name__)
+            return False
+        return state is not None
+
 
 def _after_fork_in_child() -> None:
-    """Forget every connection the parent owns and take fresh locks.
+    """Forget every connection the parent owns, and reset the lock in place.
 
     Closing an inherited connection would end the parent's session; dropping the reference
     is safe (psycopg2 does not close a connection it collects in another process). A thread
-    holding the lock at the fork does not exist in the child, so the lock is replaced; so is
-    the cleaner thread, which the child lacks but its pools' idle TTLs still need.
+    holding the lock at the fork does not exist in the child: the lock is reinitialised, not
+    replaced, so every reference to it (manager, pools, connections) stays right. The cleaner
+    thread, which the child lacks but its pools' idle TTLs still need, is started anew.
     """
-    global _LOCK, _CHANGED
-    _LOCK = threading.RLock()
-    _CHANGED = threading.Condition(_LOCK)
-    Connection._lock = Pool._lock = PoolManager._lock = _LOCK
+    _LOCK.reinit_after_fork()
     cleaner, PoolManager._cleaner = PoolManager._cleaner, None
     for pool in list(PoolManager._pools.values()):
         if isinstance(pool, Pool):

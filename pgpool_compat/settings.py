@@ -126,6 +126,7 @@ class Settings:
     background: bool = False
     sweep_batch: int = 0
     lifo: bool = True
+    refill: bool = True
     labels: Labels = field(default_factory=Labels)
 
     def __post_init__(self) -> None:
@@ -142,6 +143,15 @@ class Settings:
             check_size(names.total_max_size, self.total_max_size, minimum=1)
         if not (self.check is None or callable(self.check) or self.check in CHECK_MODES):
             raise ValueError(f"check must be 'socket', 'ping', None or a callable: {self.check!r}")
+
+    @property
+    def needs_upkeep(self) -> bool:
+        """Whether anything can go stale or leak: then the hot paths run lazy upkeep."""
+        return (
+            self.max_idle is not None
+            or self.max_lifetime is not None
+            or self.leak_timeout is not None
+        )
 
     @property
     def cap(self) -> int:

@@ -11,10 +11,13 @@ PostgreSQL refuses to run as root, so when the current user is root the server p
 (``initdb`` and ``postgres``) run as the unprivileged OS user ``postgres`` (or ``nobody`` when
 that user does not exist) and the temporary directory is handed to that user.
 
-Server binaries are found on ``PATH``, in the locations testing.postgresql searches
-(``/usr/lib/postgresql/*/bin`` and friends) and finally in the ``pgserver`` pip package, which
-bundles a complete PostgreSQL. When none is available the constructor raises
-:class:`PostgresNotFound` with one line saying what to install.
+Server binaries (:func:`find_server_binaries`, the one place that decides, for the tests and the
+bench alike): local ones first, found on ``PATH`` or in the locations testing.postgresql
+searches (``/usr/lib/postgresql/*/bin`` and friends); else the embedded PostgreSQL bundled in
+the ``pgserver`` wheel, which the ``bench`` extra installs. When none is available the
+constructor raises :class:`PostgresNotFound` with one line saying what to install. When root's
+unprivileged stand-in cannot reach the binaries (a virtualenv under ``/root``), the bundled
+installation is copied to a temporary directory it can read, once per process.
 
 Set ``PGPOOL_TEST_DSN`` to test against an existing server instead; :func:`external_dsn`
 returns it.
@@ -35,13 +38,22 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Optional
 
 import psycopg2
 
-__all__ = ["PostgresNotFound", "PostgresServer", "external_dsn"]
+from ._commands import pip_install
+
+__all__ = [
+    "PostgresNotFound",
+    "PostgresServer",
+    "ServerBinaries",
+    "external_dsn",
+    "find_server_binaries",
+]
 
 logger = logging.getLogger("pgpool_compat")
 
@@ -70,11 +82,17 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "logging_collector": "off",
 }
 
-_INSTALL_HINT = (
-    "no PostgreSQL server binaries found (initdb/postgres): install them "
-    "(Debian/Ubuntu: apt-get install postgresql; or pip install pgserver) "
-    f"or set {DSN_ENV} to an existing server"
-)
+#: The pip package whose wheel bundles a complete PostgreSQL (the ``bench`` extra pulls it in).
+EMBEDDED_PACKAGE = "pgserver"
+
+
+def _install_hint() -> str:
+    return (
+        "no PostgreSQL server binaries found (initdb/postgres) and no embedded one: "
+        f"{pip_install(EMBEDDED_PACKAGE)} (or Debian/Ubuntu: apt-get install postgresql), "
+        f"or set {DSN_ENV} to an existing server"
+    )
+
 
 # Signal sent to the postmaster for each shutdown mode (see the PostgreSQL "Shutting Down the
 # Server" docs): SIGINT is a fast shutdown, SIGQUIT an immediate one (crash recovery on start),
@@ -96,8 +114,40 @@ def external_dsn() -> Optional[str]:
     return dsn or None
 
 
-def _bin_dir() -> Path:
-    """Find the directory holding ``initdb`` and ``postgres``; raise PostgresNotFound if none."""
+@dataclass(frozen=True)
+class ServerBinaries:
+    """Where the server's ``initdb`` and ``postgres`` come from."""
+
+    bin_dir: Path
+    #: True for the PostgreSQL bundled in the pgserver wheel, False for local binaries.
+    embedded: bool
+
+    @property
+    def origin(self) -> str:
+        """``"local binaries"`` or ``"embedded (pgserver wheel X.Y.Z)"``, for one-line reports."""
+        if not self.embedded:
+            return "local binaries"
+        try:
+            from importlib.metadata import version
+
+            return f"embedded ({EMBEDDED_PACKAGE} wheel {version(EMBEDDED_PACKAGE)})"
+        except Exception:  # metadata missing or unreadable: the origin is still known
+            return f"embedded ({EMBEDDED_PACKAGE} wheel)"
+
+
+def find_server_binaries() -> ServerBinaries:
+    """Local server binaries if there are any, else pgserver's embedded PostgreSQL; raise
+    :class:`PostgresNotFound` (one line saying what to install) when neither is there."""
+    local = _local_bin_dir()
+    if local is not None:
+        return ServerBinaries(local, embedded=False)
+    embedded = _embedded_bin_dir()
+    if embedded is not None:
+        return ServerBinaries(embedded, embedded=True)
+    raise PostgresNotFound(_install_hint())
+
+
+def _local_bin_dir() -> Optional[Path]:
     found = shutil.which("postgres")
     if found:
         # Resolve symlinks (e.g. /usr/local/bin -> /usr/lib/postgresql/15/bin) so initdb is
@@ -111,15 +161,20 @@ def _bin_dir() -> Path:
 
         return Path(find_program("postgres", ["bin"])).parent
     except (ImportError, RuntimeError):
-        pass
-    # pgserver bundles PostgreSQL binaries in its package directory; find it without importing
-    # it (its import does work we do not need).
-    spec = importlib.util.find_spec("pgserver")
+        return None
+
+
+def _embedded_bin_dir() -> Optional[Path]:
+    # Found without importing pgserver: its import does work we do not need.
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):  # hidden (sys.modules entry None) or broken
+        return None
     for location in (spec.submodule_search_locations or []) if spec else []:
         bundled = Path(location) / "pginstall" / "bin"
-        if (bundled / "postgres").exists():
+        if (bundled / "postgres").exists() and (bundled / "initdb").exists():
             return bundled
-    raise PostgresNotFound(_INSTALL_HINT)
+    return None
 
 
 def _free_port() -> int:
@@ -161,6 +216,21 @@ class _OsUser:
             for name in dirs + files:
                 os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
 
+    def postgres_version(self, bin_dir: Path) -> Optional[str]:
+        """``postgres --version`` of ``bin_dir`` run as this user; None if it cannot run it."""
+        try:
+            with tempfile.TemporaryFile() as out:
+                process = self.popen([str(bin_dir / "postgres"), "--version"], out, Path("/"))
+                code = process.wait(30)
+                out.seek(0)
+                text = out.read().decode(errors="replace")
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if code != 0:
+            return None
+        match = re.search(r"\(PostgreSQL\)\s+(\S+)", text)
+        return match.group(1) if match else text.strip()
+
     def popen(self, args: list[str], log: Any, cwd: Path) -> subprocess.Popen[bytes]:
         """Start ``args`` as this user, output to ``log``, in its own session (so a Ctrl-C in
         the terminal reaches only the test process, which then shuts the server down)."""
@@ -186,6 +256,8 @@ class _OsUser:
 _templates: dict[tuple[Path, str], Path] = {}
 # Reentrant: the SIGTERM handler runs in the main thread, which may already hold them.
 _templates_lock = threading.RLock()
+# Copies of installations root's stand-in could not reach, per binary directory and OS user.
+_copies: dict[tuple[Path, str], Path] = {}
 _live: set[PostgresServer] = set()
 _live_lock = threading.RLock()
 _hooks_installed = False
@@ -197,6 +269,7 @@ def _forget_after_fork() -> None:
     global _templates_lock, _live_lock
     _templates_lock, _live_lock = threading.RLock(), threading.RLock()
     _templates.clear()
+    _copies.clear()
     _live.clear()
 
 
@@ -228,12 +301,12 @@ class PostgresServer:
         self._fixed_port = port is not None
         self.port = port if port is not None else _free_port()
         self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self._bin = _bin_dir()
+        self._binaries = find_server_binaries()
         self._os_user = _OsUser()
+        self._bin, self._version = _runnable_binaries(self._binaries, self._os_user)
         self._lock = threading.RLock()
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._started = False  # until the first successful start, a taken port may change
-        self._version = self._read_version()
         self._base = _make_base(f"{name}-")
         self._data = self._base / "data"
         self._log_path = self._base / "postgres.log"
@@ -281,11 +354,16 @@ class PostgresServer:
         return self._log_path
 
     @property
+    def binaries(self) -> ServerBinaries:
+        """Where the server binaries came from (local or embedded), as found at construction."""
+        return self._binaries
+
+    @property
     def description(self) -> str:
         """One line saying what runs where, for test-session headers and logs."""
         return (
-            f"PostgreSQL {self._version} (throwaway server) at {self.host}:{self.port}, "
-            f"binaries {self._bin}, run as OS user {self._os_user.name}"
+            f"PostgreSQL {self._version} (throwaway server) from {self._binaries.origin} "
+            f"{self._bin}, at {self.host}:{self.port}, run as OS user {self._os_user.name}"
         )
 
     def start(self) -> None:
@@ -371,17 +449,6 @@ class PostgresServer:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _read_version(self) -> str:
-        out = subprocess.run(
-            [str(self._bin / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-        match = re.search(r"\(PostgreSQL\)\s+(\S+)", out)
-        return match.group(1) if match else out.strip()
-
     def _init_cluster(self) -> None:
         """Create the data directory: copy the per-process template, made by initdb once."""
         key = (self._bin, self._os_user.name)
@@ -457,6 +524,38 @@ class PostgresServer:
             return self._log_path.read_text(errors="replace")[-size:].strip()
         except OSError:
             return "(no server log)"
+
+
+def _runnable_binaries(binaries: ServerBinaries, os_user: _OsUser) -> tuple[Path, str]:
+    """A binary directory ``os_user`` can run, and its version: the one found, or (root's
+    stand-in locked out of the embedded server, say in a virtualenv under /root) a copy."""
+    bin_dir = binaries.bin_dir
+    version = os_user.postgres_version(bin_dir)
+    if version is None and binaries.embedded and os_user.uid is not None:
+        key = (bin_dir, os_user.name)
+        with _templates_lock:
+            copy = _copies.get(key)
+            if copy is None or not copy.exists():
+                copy = _copy_embedded(bin_dir)
+                _copies[key] = copy
+        bin_dir = copy / bin_dir.relative_to(bin_dir.parents[2])
+        version = os_user.postgres_version(bin_dir)
+    if version is None:
+        raise RuntimeError(f"OS user {os_user.name} cannot run {bin_dir / 'postgres'}")
+    return bin_dir, version
+
+
+def _copy_embedded(bin_dir: Path) -> Path:
+    """Copy pgserver's installation, and the libraries its binaries find relative to
+    themselves (``$ORIGIN/../../../pgserver.libs``), to a new directory anyone can read."""
+    site = bin_dir.parents[2]
+    copy = _make_base("pgpool_compat-pginstall-")
+    copy.chmod(0o755)
+    shutil.copytree(bin_dir.parent, copy / bin_dir.parent.relative_to(site), symlinks=True)
+    libs = site / f"{EMBEDDED_PACKAGE}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / libs.name, symlinks=True)
+    return copy
 
 
 # Each directory we create names its owner (pid in a pid namespace), so a later process can
@@ -550,9 +649,10 @@ def _cleanup_all() -> None:
         except Exception:  # keep cleaning the others; this runs at exit
             logger.exception("cleanup of %r failed", server)
     with _templates_lock:
-        for template in _templates.values():
-            shutil.rmtree(template, ignore_errors=True)
+        for directory in [*_templates.values(), *_copies.values()]:
+            shutil.rmtree(directory, ignore_errors=True)
         _templates.clear()
+        _copies.clear()
 
 
 def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:

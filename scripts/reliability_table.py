@@ -1,20 +1,25 @@
 """Render docs/reliability.md from the figures the fault tests measured.
 
-    python -m pytest tests/faults          # writes build/reliability.json
-    python scripts/reliability_table.py    # writes docs/reliability.md
+    .venv/bin/python -m pytest tests/faults          # writes build/reliability.json
+    .venv/bin/python scripts/reliability_table.py    # writes docs/reliability.md
 
 One table, a row per fault, stock psycopg2.pool beside pgpool_compat, and the pytest command
 that reproduces the row. Every figure comes from build/reliability.json, written by the tests
 (tests/faults/support.py); nothing here is typed by hand but the prose around the table.
+
+A row of the current docs/reliability.md that this run did not measure (PgBouncer not
+installed, a test file not run) is kept with its last measured figures and marked as such,
+and the script says so: the table never loses a row silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "build" / "reliability.json"
@@ -65,6 +70,32 @@ statement failed; "slots leaked" counts slots still booked after every borrower 
 """
 
 
+#: Added to the fault cell of a row copied from the previous table instead of measured.
+KEPT_MARK = "<br>*not measured in this run: last measured figures, kept from the previous table*"
+#: Each row's fault cell starts with an anchor naming the fault, so the next run can tell
+#: which rows it measured again (and other pages can link to a row).
+ANCHOR = re.compile(r'^<a id="([^"]+)"></a>')
+#: Shown commands name the virtualenv's interpreter: a bare ``python`` is often not there.
+INTERPRETER = ".venv/bin/python"
+
+
+class OldRow(NamedTuple):
+    """A fault row of the previous table: its fault id (None in tables older than the
+    anchors), its title, and its other cells as written."""
+
+    fault: Optional[str]
+    title: str
+    cells: str
+
+    @property
+    def name(self) -> str:
+        return self.fault or self.title
+
+    def kept_line(self) -> str:
+        anchor = f'<a id="{self.fault}"></a>' if self.fault else ""
+        return f"| {anchor}{self.title}{KEPT_MARK} | {self.cells}"
+
+
 def cell(result: Dict[str, Any] | None) -> str:
     if result is None:
         return "not measured"
@@ -81,10 +112,40 @@ def show(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def render(document: Dict[str, Any]) -> str:
+def shown_command(command: str) -> str:
+    return INTERPRETER + command[len("python") :] if command.startswith("python ") else command
+
+
+def previous_rows(markdown: str) -> List[OldRow]:
+    """The fault rows of a table this script wrote."""
+    rows: List[OldRow] = []
+    for line in markdown.splitlines():
+        if not line.startswith("| ") or line.startswith("| Fault |"):
+            continue
+        first, _, cells = line[2:].partition(" | ")
+        match = ANCHOR.match(first)
+        title = (first[match.end() :] if match else first).replace(KEPT_MARK, "")
+        # Tables before the anchors showed a bare `python`.
+        cells = cells.replace("| `python -m ", f"| `{INTERPRETER} -m ")
+        rows.append(OldRow(match.group(1) if match else None, title, cells))
+    return rows
+
+
+def render(document: Dict[str, Any], previous: Sequence[OldRow] = ()) -> Tuple[str, List[str]]:
+    """The page, and the names of the rows of ``previous`` that ``document`` did not measure
+    and that the page keeps, marked."""
     faults: Dict[str, Any] = document.get("faults", {})
-    ids = [fault for fault in ORDER if fault in faults]
-    ids += sorted(fault for fault in faults if fault not in ORDER)
+    titles = {show(entry["title"]) for entry in faults.values()}
+    kept = [row for row in previous if row.fault not in faults and row.title not in titles]
+    lines_by_id: Dict[str, str] = {}
+    for fault, entry in faults.items():
+        row = [f'<a id="{fault}"></a>{show(entry["title"])}']
+        row += [cell(entry["results"].get(pool)) for pool, _ in POOLS]
+        row.append(f"`{shown_command(entry['reproduce'])}`")
+        lines_by_id[fault] = "| " + " | ".join(row) + " |"
+    lines_by_id.update((row.fault, row.kept_line()) for row in kept if row.fault)
+    ids = [fault for fault in ORDER if fault in lines_by_id]
+    ids += sorted(fault for fault in lines_by_id if fault not in ORDER)
     lines: List[str] = [INTRO]
     env = document.get("environment", {})
     if env:
@@ -93,19 +154,21 @@ def render(document: Dict[str, Any]) -> str:
             f"PostgreSQL {env.get('postgresql')} on {env.get('machine')}, "
             f"last written {env.get('written_at')}.\n"
         )
+    if kept:
+        lines.append(
+            f"{len(kept)} row(s) marked *not measured in this run* keep the figures of an "
+            "earlier run: their tests did not run this time (PgBouncer not installed, say).\n"
+        )
     header = ["Fault", *(title for _, title in POOLS), "Reproduce"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
-    for fault in ids:
-        entry = faults[fault]
-        row = [show(entry["title"])]
-        row += [cell(entry["results"].get(pool)) for pool, _ in POOLS]
-        row.append(f"`{entry['reproduce']}`")
-        lines.append("| " + " | ".join(row) + " |")
+    lines.extend(lines_by_id[fault] for fault in ids)
+    lines.extend(row.kept_line() for row in kept if not row.fault)
     lines.append(
-        "\nRegenerate: `python -m pytest tests/faults && python scripts/reliability_table.py`."
+        f"\nRegenerate: `{INTERPRETER} -m pytest tests/faults && "
+        f"{INTERPRETER} scripts/reliability_table.py`."
     )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", [row.name for row in kept]
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -114,12 +177,21 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     if not args.figures.exists():
-        print(f"{args.figures} not found: run python -m pytest tests/faults first", file=sys.stderr)
+        print(
+            f"{args.figures} not found: run {INTERPRETER} -m pytest tests/faults first",
+            file=sys.stderr,
+        )
         return 1
-    text = render(json.loads(args.figures.read_text()))
+    previous = previous_rows(args.output.read_text()) if args.output.exists() else []
+    text, kept = render(json.loads(args.figures.read_text()), previous)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(f"wrote {args.output}")
+    if kept:
+        print(
+            f"kept {len(kept)} row(s) this run did not measure, marked as such: {', '.join(kept)}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -3,9 +3,11 @@
 #
 #   bash scripts/test.sh [pytest arguments...]
 #
-# Creates .venv, installs the package with its test, bench and plot extras, makes sure a
-# PostgreSQL server is available (local binaries, the pgserver wheel, or PGPOOL_TEST_DSN) and
-# PgBouncer and valgrind (Debian packages, root only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
+# Creates .venv, installs the package with its test, bench and plot extras (again only when
+# setup.cfg or pyproject.toml changed since: a stamp in .venv remembers), makes sure a
+# PostgreSQL server is available (local binaries, the embedded one of the pgserver wheel that
+# the bench extra installs, or PGPOOL_TEST_DSN), PgBouncer and valgrind (Debian packages, root
+# only), then runs pytest. Exits non-zero on any failure, including "no tests ran".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,22 +38,63 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 VPY=.venv/bin/python
-# Old pips (Python 3.9's bundled one) cannot install a pyproject-only project in editable mode.
-"$VPY" -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
-# bench and plot too: the bench tests run the real benchmark, plot included.
-"$VPY" -m pip install -q --disable-pip-version-check -e '.[test,bench,plot]'
-# queries pins the psycopg2 source distribution; its API is all the manager tests need.
-"$VPY" -m pip install -q --disable-pip-version-check --no-deps queries
+# The editable install follows source edits by itself; only the packaging files and this
+# script's own install steps change what has to be installed.
+STAMP=.venv/pgpool_compat-install.stamp
+wanted_stamp=$(cat setup.cfg pyproject.toml scripts/test.sh | "$VPY" -c \
+    'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted_stamp" ]; then
+    say "installing the package and its test, bench and plot extras into .venv"
+    # Old pips (Python 3.9's bundled one) cannot install a pyproject-only project in editable mode.
+    "$VPY" -m pip install -q --disable-pip-version-check --upgrade "pip>=23"
+    # bench and plot too: the bench tests run the real benchmark, plot included. Setuptools'
+    # editable-install banner goes to the log, shown only if the install fails.
+    if ! "$VPY" -m pip install -q --disable-pip-version-check -e '.[test,bench,plot]' \
+        >.venv/pip-install.log 2>&1; then
+        cat .venv/pip-install.log >&2
+        exit 1
+    fi
+    # queries pins the psycopg2 source distribution; its API is all the manager tests need.
+    "$VPY" -m pip install -q --disable-pip-version-check --no-deps queries
+    echo "$wanted_stamp" >"$STAMP"
+fi
 
-# A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries. Exit code 3 means
-# "no binaries"; any other failure (say, a broken import) is left for pytest to report.
+# nextorm and escudeiro (originals of two compat faces) need Python >= 3.12: the differential
+# tests run their scenarios in .venv-seeds, made here when a Python 3.12+ exists (else those
+# tests skip, naming what is missing).
+seeds_python() {
+    local candidate
+    for candidate in python3.13 python3.12 "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3; do
+        if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+if [ ! -x .venv-seeds/bin/python ]; then
+    if py312=$(seeds_python); then
+        "$py312" -m venv .venv-seeds || rm -rf .venv-seeds
+    else
+        say "no Python >= 3.12: the nextorm/escudeiro differential tests will skip"
+    fi
+fi
+if [ -x .venv-seeds/bin/python ]; then
+    .venv-seeds/bin/python -m pip install -q --disable-pip-version-check -r tests/compat/originals-py312.txt \
+        || say "could not install tests/compat/originals-py312.txt in .venv-seeds"
+fi
+
+# A PostgreSQL to test against: PGPOOL_TEST_DSN, else local server binaries, else the embedded
+# one (pgpool_compat.testing decides, as for the bench). Exit code 3 means neither (no pgserver
+# wheel for this platform); any other failure (say, a broken import) is left for pytest.
 probe_status=0
 if [ -z "${PGPOOL_TEST_DSN:-}" ]; then
     "$VPY" -c '
 import sys
-from pgpool_compat.testing import PostgresNotFound, _bin_dir
+from pgpool_compat.testing import PostgresNotFound, find_server_binaries
 try:
-    _bin_dir()
+    find_server_binaries()
 except PostgresNotFound:
     sys.exit(3)
 ' 2>/dev/null || probe_status=$?
@@ -61,8 +104,8 @@ if [ "$probe_status" -eq 3 ]; then
         say "no PostgreSQL server binaries: installing the Debian package postgresql"
         apt_install postgresql
     else
-        say "no PostgreSQL server binaries: installing the pgserver wheel (bundles PostgreSQL)"
-        "$VPY" -m pip install -q --disable-pip-version-check pgserver
+        say "no PostgreSQL server binaries and no pgserver wheel for this platform: install" \
+            "PostgreSQL's server package or set PGPOOL_TEST_DSN"
     fi
 fi
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -125,3 +128,88 @@ def sessions_named(admin_conn: Any, application_name: str) -> int:
         )
         count: int = cursor.fetchone()[0]
         return count
+
+
+# -- connections of awkward kinds: the books must key on identity, never hash or tag them ----
+
+
+class UnhashableConn:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class SlottedConn:
+    """No ``__dict__`` and no ``__weakref__``: cannot be tagged nor weakly referenced."""
+
+    __slots__ = ("closes",)
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class AllEqualConn:
+    """Says every other connection of its kind is equal to it (and hashes alike)."""
+
+    def __init__(self) -> None:
+        self.closes = 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AllEqualConn)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+AWKWARD_CONNECTION_KINDS = (UnhashableConn, SlottedConn, AllEqualConn)
+
+#: Factory-pool settings that take every path a connection goes through (check, reset,
+#: lifetime record) for the awkward kinds above; three slots, no waiting.
+AWKWARD_POOL_OPTIONS: dict[str, Any] = {
+    "min_size": 1,
+    "max_size": 3,
+    "timeout": 0.2,
+    "check": lambda conn: True,
+    "reset": lambda conn: None,
+    "max_lifetime": 60,
+}
+
+
+def recording_factory(kind: type, made: list[Any]) -> Any:
+    """A factory of ``kind()`` objects that appends each to ``made``."""
+
+    def factory() -> Any:
+        made.append(kind())
+        return made[-1]
+
+    return factory
+
+
+# -- children that a test interrupts with SIGINT (Ctrl-C) -------------------------------------
+
+
+def popen_interruptible(args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen``, with SIGINT at its default in the child whatever the test run's
+    own disposition: a suite started as a background job (``cmd &``) ignores SIGINT, the
+    child would inherit that, and a test's simulated Ctrl-C would do nothing.
+
+    A signal the parent *handles* is reset to its default by exec, so the handler is set for
+    the moment of the fork (main thread only; no ``preexec_fn``, unsafe with threads).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.Popen(args, **kwargs)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)

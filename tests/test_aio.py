@@ -20,7 +20,13 @@ import pytest
 from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
-from tests.helpers import backend_pids, terminate_backends
+from tests.helpers import (
+    AWKWARD_CONNECTION_KINDS,
+    AWKWARD_POOL_OPTIONS,
+    backend_pids,
+    recording_factory,
+    terminate_backends,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,11 +112,19 @@ def test_start_prefills_and_async_with_closes_everything() -> None:
     run(body)
 
 
-def test_use_before_start_fails_clearly() -> None:
+#: Made at module level, outside any event loop, as applications do.
+MODULE_LEVEL_FACTORY = Factory()
+MODULE_LEVEL_POOL: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(
+    MODULE_LEVEL_FACTORY, min_size=1, max_size=1
+)
+
+
+def test_a_pool_made_outside_a_loop_works_in_the_loop_that_uses_it_without_start() -> None:
     async def body() -> None:
-        pool = AsyncConnectionPool(Factory())
-        with pytest.raises(PoolError, match="not started"):
-            await pool.acquire()
+        async with MODULE_LEVEL_POOL.connection() as conn:
+            assert conn is MODULE_LEVEL_FACTORY.made[0]
+        assert MODULE_LEVEL_POOL.idle_count == 1
+        await MODULE_LEVEL_POOL.close_all()
 
     run(body)
 
@@ -582,20 +596,26 @@ def test_connection_block_exit_is_quiet_after_close_all() -> None:
 # -- event loops ----------------------------------------------------------------------------
 
 
-def test_a_pool_used_from_another_event_loop_fails_at_once() -> None:
-    pool: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(Factory(), min_size=1, max_size=1)
+def test_a_pool_moves_to_the_next_loop_once_its_loop_has_ended() -> None:
+    factory = Factory()
+    pool: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(factory, min_size=2, max_size=2)
 
     async def first_loop() -> FakeConn:
         await pool.start()
         return await pool.acquire()
 
-    held = run(first_loop)
+    held = run(first_loop)  # asyncio.run closes that loop: the pool moves to the next one
+    (idle_from_first_loop,) = [conn for conn in factory.made if conn is not held]
 
     async def second_loop() -> None:
-        with pytest.raises(PoolError, match="different event loop"):
-            await pool.acquire()
-        with pytest.raises(PoolError, match="different event loop"):
-            await pool.release(held)
+        await pool.release(held)  # borrowed in the first loop, returned in this one
+        await settle()
+        # The idle one was opened for the ended loop (asyncpg's would be bound to it).
+        assert idle_from_first_loop.closed and not held.closed
+        assert (pool.pool_size, pool.idle_count) == (1, 1)
+        async with pool.connection() as conn:
+            assert conn is held
+        await pool.close_all()
 
     run(second_loop, bound=2)
 
@@ -652,7 +672,8 @@ def test_lifetimes_are_jittered_by_at_most_ten_percent() -> None:
             Factory(), min_size=40, max_size=40, max_lifetime=100
         ) as pool:
             # White-box: the records' deadlines are what the jitter is about.
-            return [rec.expires_at - rec.created_at for rec in pool._idle]
+            idle = pool._runner.core.subpools[None].idle
+            return [entry.expires_at - entry.created_at for entry in idle]
 
     lifetimes = run(body)
     assert all(90.0 <= lifetime <= 100.0 for lifetime in lifetimes)
@@ -893,3 +914,155 @@ def test_asyncpg_check_drops_a_terminated_backend(pg_dsn: str) -> None:
             assert pool.pool_size == 1
 
     run(body, bound=20)
+
+
+# -- issue 10 item 8: a factory returning an object the pool holds; awkward objects ----------
+
+
+def test_factory_returning_the_same_object_twice_is_refused_and_frees_the_slot() -> None:
+    """The second connect of a shared client (or ``None``) is a clear ``PoolError``: the
+    object is never handed to two borrowers, and no slot is lost."""
+    shared = FakeConn(0)
+    results: List[Any] = [shared, shared, None, FakeConn(1)]
+
+    async def factory() -> Any:
+        return results.pop(0)
+
+    async def body() -> None:
+        async with AsyncConnectionPool(factory, min_size=0, max_size=2, timeout=0.2) as pool:
+            first = await pool.acquire()
+            with pytest.raises(PoolError, match="returned an object this pool already holds"):
+                await pool.acquire()
+            with pytest.raises(PoolError, match="returned None"):
+                await pool.acquire()
+            assert first is shared and not shared.closed
+            assert pool.pool_size == 1
+            second = await pool.acquire()  # both slots usable
+            assert second is not shared
+            await pool.release(first)
+            await pool.release(second)
+            assert pool.idle_count == 2
+        assert shared.closed
+
+    run(body)
+
+
+@pytest.mark.parametrize("kind", AWKWARD_CONNECTION_KINDS, ids=lambda kind: kind.__name__)
+def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
+    made: List[Any] = []
+
+    async def body() -> None:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            recording_factory(kind, made), **AWKWARD_POOL_OPTIONS
+        )
+        async with pool:
+            borrowed = [await pool.acquire() for _ in range(3)]
+            assert len({id(conn) for conn in borrowed}) == 3
+            with pytest.raises(PoolTimeoutError):
+                await pool.acquire()
+            for conn in borrowed:
+                await pool.release(conn)
+            again = [await pool.acquire() for _ in range(3)]
+            assert {id(conn) for conn in again} == {id(conn) for conn in made}
+            with pytest.raises(PoolError):
+                await pool.release(kind())  # equal to every borrowed one, yet not one of them
+            for conn in again:
+                await pool.release(conn)
+        assert [conn.closes for conn in made] == [1, 1, 1]
+
+    run(body)
+
+
+# -- issue 10 item 6: close_all() is bounded and cancellable ----------------------------------
+
+
+def test_close_all_does_not_wait_for_a_reset_that_never_finishes() -> None:
+    """The reset awaits an event nobody sets and the borrower's ``release()`` is cancelled:
+    ``close_all()`` cancels the reset, closes its connection and returns at once."""
+    factory = Factory()
+
+    async def reset(conn: FakeConn) -> None:
+        await asyncio.Event().wait()  # never set
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=reset)
+        await pool.start()
+        conn = await pool.acquire()
+        releasing = asyncio.ensure_future(pool.release(conn))
+        await settle()
+        releasing.cancel()
+        await settle()
+        started = time.monotonic()
+        await asyncio.wait_for(pool.close_all(), 2)
+        assert time.monotonic() - started < 1
+        await settle()
+        assert conn.closed and pool.pool_size == 0
+
+    run(body)
+
+
+class StubbornReset:
+    """A reset that swallows every cancellation and ends only once ``finish`` is set."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def __call__(self, conn: FakeConn) -> None:
+        self.started.set()
+        while not self.finish.is_set():
+            try:
+                await self.finish.wait()
+            except asyncio.CancelledError:
+                continue
+
+
+def test_close_all_gives_up_on_a_reset_that_ignores_cancellation() -> None:
+    """A reset that swallows its cancellation is waited for ``timeout`` seconds, then its
+    connection is closed; when the reset finally ends it changes nothing."""
+    factory = Factory()
+
+    async def body() -> None:
+        reset = StubbornReset()  # its events belong to this loop (Python 3.9)
+        pool = AsyncConnectionPool(factory, min_size=0, max_size=2, reset=reset)
+        await pool.start()
+        conn = await pool.acquire()
+        releasing = asyncio.ensure_future(pool.release(conn))
+        await settle()
+        started = time.monotonic()
+        await pool.close_all(timeout=0.2)
+        assert 0.15 <= time.monotonic() - started < 1.5
+        await settle()
+        assert conn.closed and pool.pool_size == 0
+        reset.finish.set()
+        await asyncio.wait_for(releasing, 2)  # the borrower's release() ends quietly
+        assert pool.pool_size == 0 and pool.idle_count == 0
+
+    run(body)
+
+
+def test_async_with_pool_is_cancelled_out_with_one_cancel() -> None:
+    """Leaving ``async with pool`` waits in ``close_all()``; one ``cancel()`` ends the task
+    promptly, and the connection of the abandoned reset is closed all the same."""
+    factory = Factory()
+    releases: List[asyncio.Future[None]] = []
+
+    async def user(reset: StubbornReset) -> FakeConn:
+        async with AsyncConnectionPool(factory, min_size=0, max_size=1, reset=reset) as pool:
+            conn = await pool.acquire()
+            releases.append(asyncio.ensure_future(pool.release(conn)))
+            await reset.started.wait()
+        return conn  # pragma: no cover - the exit is cancelled
+
+    async def body() -> None:
+        reset = StubbornReset()  # its events belong to this loop (Python 3.9)
+        task = asyncio.ensure_future(user(reset))
+        await reset.started.wait()
+        await settle()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        reset.finish.set()
+        assert done == {task} and task.cancelled()
+        assert all(conn.closed for conn in factory.made)
+
+    run(body)

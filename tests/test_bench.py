@@ -6,6 +6,7 @@ throwaway server for the smoke and interrupt runs (which is what a new user gets
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -24,12 +25,29 @@ from typing import Any, Dict, List
 import pytest
 
 from pgpool_compat.__main__ import main as package_main
+from pgpool_compat._commands import shown_python
 from pgpool_compat.bench import cli
-from pgpool_compat.bench.adapters import available_pools
+from pgpool_compat.bench.adapters import PoolSpec, available_pools
+from pgpool_compat.bench.ratios import MIN_ROUNDS, pooled_rate, rate_ratio
 from pgpool_compat.bench.report import format_table, to_json
-from pgpool_compat.bench.runner import Outcome, Row, ScenarioResult, median_sample
-from pgpool_compat.bench.scenarios import SCENARIO_NAMES, percentile_us
-from tests.helpers import backend_count, wait_backend_count
+from pgpool_compat.bench.runner import (
+    Outcome,
+    Progress,
+    Row,
+    ScenarioResult,
+    median_sample,
+    run_bench,
+)
+from pgpool_compat.bench.scenarios import (
+    SCENARIO_NAMES,
+    Group,
+    GroupScenario,
+    Sample,
+    Settings,
+    TurnRates,
+    percentile_us,
+)
+from tests.helpers import backend_count, popen_interruptible, wait_backend_count
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,7 +60,7 @@ STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)"
 def _bench_process(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PGPOOL_TEST_DSN", None)
-    return subprocess.Popen(
+    return popen_interruptible(
         [*BENCH, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -105,7 +123,7 @@ def test_plot_without_matplotlib_says_what_to_install(
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--plot", "chart.png"])
     assert exit_info.value.code == 2
-    assert "pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
+    assert f"{shown_python()} -m pip install 'pgpool_compat[plot]'" in capsys.readouterr().err
 
 
 def test_output_files_in_missing_directories_fail_before_running(
@@ -139,6 +157,19 @@ def test_missing_pool_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch) -
     assert all(re.search(r"\d+\.\d+", label) for label in labels)  # each named with a version
 
 
+def test_commands_shown_name_this_interpreter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bare `python` is often missing (Debian) or another environment's."""
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    monkeypatch.chdir(tmp_path)
+    assert shown_python() == os.path.join(".venv", "bin", "python")
+    monkeypatch.chdir("/")
+    assert shown_python() == str(venv_python)
+    assert cli.build_parser().prog == f"{venv_python} -m pgpool_compat bench"
+
+
 def test_package_main_dispatches_only_bench(capsys: pytest.CaptureFixture[str]) -> None:
     assert package_main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
@@ -169,6 +200,130 @@ def test_starved_thread_shows_in_table_and_is_null_in_json() -> None:
     document = json.loads(json.dumps(to_json(outcome, {}, {})))
     result = document["scenarios"][0]["results"][0]
     assert result["fairness"] is None and result["ops_per_s"] == 10
+
+
+# -- ratios the bench can stand behind --------------------------------------------------
+
+#: Per-round ops/s of ours and stock's, as measured in `--quick` query runs on the shared
+#: 2-core machine: each round, one side's server backend may be stuck on a busy CPU.
+WILD_ROUNDS = [(0.91, 1.0), (1.64, 1.0), (5.94, 1.0), (0.14, 1.0), (0.12, 1.0), (4.17, 1.0)]
+
+
+def _steady(
+    ratio: float, rounds: int, wobble: float = 0.02
+) -> list[tuple[list[float], list[float]]]:
+    """Rounds of 20 turns each, ours at ``ratio`` times stock's, both wobbling a little."""
+    return [
+        (
+            [ratio * 10_000 * (1 + wobble * ((turn + index) % 3 - 1)) for turn in range(20)],
+            [10_000 * (1 + wobble * ((turn + 2 * index) % 3 - 1)) for turn in range(20)],
+        )
+        for index in range(rounds)
+    ]
+
+
+def test_a_ratio_needs_enough_rounds_that_agree() -> None:
+    steady = rate_ratio(_steady(0.95, MIN_ROUNDS), 0.75)
+    assert steady is not None and steady.settled
+    assert steady.value == pytest.approx(0.95, rel=0.03)
+    assert steady.low is not None and steady.high is not None
+    assert steady.low <= steady.value <= steady.high
+    too_few = rate_ratio(_steady(0.95, MIN_ROUNDS - 1), 0.75)
+    assert too_few is not None and not too_few.settled and too_few.low is None
+    wild = rate_ratio([([ours], [stock]) for ours, stock in WILD_ROUNDS], 0.5)
+    assert wild is not None and not wild.settled
+    assert rate_ratio([([1.0], [0.0])] * MIN_ROUNDS, 0.5) is None  # no reference rate
+
+
+def test_a_round_stuck_on_a_busy_cpu_does_not_move_the_pooled_rate() -> None:
+    rounds = _steady(0.95, 7)
+    ours, stock = rounds[2]
+    rounds[2] = ([rate / 8 for rate in ours], stock)  # that round our backend crawled
+    ours, stock = rounds[5]
+    rounds[5] = (ours, [rate / 8 for rate in stock])  # and in this one stock's did
+    ratio = rate_ratio(rounds, 0.75)
+    assert ratio is not None and ratio.settled
+    assert ratio.value == pytest.approx(0.95, rel=0.05)
+    assert pooled_rate([[1.0, 2.0, 3.0], [4.0]], 0.75) == 3.0
+    assert pooled_rate([], 0.5) is None
+
+
+class _ScriptedScenario(GroupScenario):
+    """A group scenario whose turn rates are given, round by round (no database)."""
+
+    name = "query"
+    description = "scripted"
+
+    def __init__(self, rounds: list[dict[str, list[float]]], more_rounds_help: bool) -> None:
+        settings = dataclasses.replace(Settings.quick(), rounds=MIN_ROUNDS, max_rounds=15)
+        super().__init__(settings)
+        self.scripted = rounds
+        self.more_rounds_help = more_rounds_help
+        self.rate_quantile = 0.75
+        self.played = 0
+
+    def measure_group(
+        self, pools: Group, failures: Dict[str, str], turn_rates: TurnRates
+    ) -> Dict[str, Sample]:
+        rates = self.scripted[self.played]
+        self.played += 1
+        turn_rates.update(rates)
+        return {key: {"ops_per_s": rates[key][0], "errors": 0} for key, _ in pools}
+
+
+def _fake_spec(key: str, is_stock: bool = False) -> PoolSpec:
+    return PoolSpec(key, key, lambda dsn, minconn, maxconn: _FakePool(), is_stock=is_stock)
+
+
+class _FakePool:
+    def close(self) -> None:
+        pass
+
+
+def _run_scripted(scenario: _ScriptedScenario) -> Row:
+    specs = [_fake_spec("stock", is_stock=True), _fake_spec("ours")]
+    outcome = run_bench("unused", [scenario], specs, progress=Progress(1, io.StringIO()))
+    return next(row for row in outcome.scenarios[0].rows if row.key == "ours")
+
+
+def _round(ours: float) -> dict[str, list[float]]:
+    return {"stock": [100.0] * 4, "ours": [ours] * 4}
+
+
+def test_more_rounds_run_until_the_ratio_settles_or_the_maximum() -> None:
+    calm = [_round(95.0)] * 20
+    # One round in five where our backend raced ahead: too few rounds to outvote it.
+    one_odd = [_round(95.0), _round(300.0), *calm]
+    settling = _ScriptedScenario(one_odd, more_rounds_help=True)
+    row = _run_scripted(settling)
+    assert MIN_ROUNDS < settling.played < settling.settings.max_rounds and row.noisy == []
+    assert row.metrics["vs_stock"] == pytest.approx(0.95)
+    wild = [_round(100.0 * factor) for factor in (0.2, 3, 0.3, 5, 1)] * 4
+    never = _ScriptedScenario(wild, more_rounds_help=True)
+    row = _run_scripted(never)
+    assert never.played == never.settings.max_rounds and row.noisy == ["vs_stock"]
+    hopeless = _ScriptedScenario(one_odd, more_rounds_help=False)
+    row = _run_scripted(hopeless)
+    assert hopeless.played == MIN_ROUNDS and row.noisy == ["vs_stock"]
+
+
+def test_noisy_ratio_is_printed_as_noisy_with_a_note_and_kept_in_json() -> None:
+    metrics: Sample = {
+        "ops_per_s": 9.0,
+        "vs_stock": 2.41,
+        "vs_stock_low": 0.4,
+        "vs_stock_high": 6.0,
+    }
+    row = Row("pgpool", "pgpool_compat x", metrics, 5, noisy=["vs_stock"])
+    stock = Row("stock", "psycopg2.pool x", {"ops_per_s": 10.0, "vs_stock": 1.0}, 5)
+    outcome = Outcome([ScenarioResult("query", "test", [stock, row])])
+    table = format_table(outcome)
+    ours_line = next(line for line in table.splitlines() if line.startswith("pgpool_compat"))
+    assert "noisy" in ours_line and "2.41" not in ours_line
+    assert "note: noisy: " in table
+    result = to_json(outcome, {}, {})["scenarios"][0]["results"][1]
+    assert result["noisy"] == ["vs_stock"] and result["vs_stock"] == 2.41
+    assert result["vs_stock_low"] == 0.4 and result["vs_stock_high"] == 6
 
 
 # -- real runs ----------------------------------------------------------------------------
@@ -262,6 +417,43 @@ def test_quick_run_with_throwaway_server(tmp_path: Path) -> None:
     assert restart["stock"]["dead_after_restart"] > 0  # stock hands out dead connections
     assert restart["pgpool"]["dead_after_restart"] == 0  # the socket check catches them
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bare_machine_runs_on_the_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No local server binaries: the bench starts pgserver's PostgreSQL and says so."""
+    from pgpool_compat import testing as harness
+
+    if harness._embedded_bin_dir() is None:
+        pytest.skip("no pgserver wheel installed (none is published for this platform)")
+    monkeypatch.setattr(harness, "_local_bin_dir", lambda: None)
+    target = tmp_path / "bare.json"
+    assert cli.main(["--quick", "--scenario", "overhead", "--json", str(target)]) == 0
+    started = [line for line in capsys.readouterr().err.splitlines() if "started" in line]
+    assert len(started) == 1
+    assert re.match(
+        r"bench: started PostgreSQL 1\d\.\d+ \(throwaway server\) from embedded \(pgserver wheel ",
+        started[0],
+    ), started
+    machine = json.loads(target.read_text())["machine"]
+    assert machine["server"].startswith("throwaway, embedded (pgserver wheel ")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_lost_in_a_finalizer_still_stops_the_bench() -> None:
+    """Python drops an exception raised inside ``__del__``, KeyboardInterrupt included; the
+    pools' finalizers run all through the bench, so the next step raises it again."""
+    progress = Progress(5, io.StringIO())
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt), cli._ctrl_c_noted(progress):
+        Finalized()  # collected at once: the Ctrl-C lands in its __del__ and is dropped
+        progress.step("the next pool")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_ctrl_c_removes_the_throwaway_server() -> None:

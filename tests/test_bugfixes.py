@@ -127,7 +127,7 @@ def test_wrong_explicit_key_raises_and_changes_nothing(
         assert type(error) is (KeyError if wrong == "unknown key" else type(None))
         assert _books(pool) != before
         return
-    assert type(error) is psycopg2.pool.PoolError
+    assert isinstance(error, psycopg2.pool.PoolError)
     assert repr(key) in str(error)  # the message names the key that did not match
     assert _books(pool) == before
     assert not mine.closed and not theirs.closed
@@ -244,7 +244,7 @@ def test_threaded_putconn_none_with_unknown_key_is_a_clear_error(
     if stock:
         assert type(info.value) is AttributeError
         return
-    assert type(info.value) is psycopg2.pool.PoolError
+    assert isinstance(info.value, psycopg2.pool.PoolError)
     assert "'nobody'" in str(info.value)
     assert _books(pool) == before
 
@@ -426,3 +426,78 @@ def test_failed_construction_closes_what_it_opened(
     finally:
         for conn in opened:
             conn.close()
+
+
+# -- issue 10 item 4: minconn / maxconn assigned after construction ---------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_minconn_and_maxconn_assigned_after_construction_are_read_live(
+    impl: ModuleType, cls: str, pg_dsn: str, pools: List[Any]
+) -> None:
+    """Real consumers build ``ThreadedConnectionPool(0, n)`` and then set ``pool.minconn``:
+    stock reads both attributes on every call, so the pool must too (both libraries pass)."""
+    pool = getattr(impl, cls)(0, 4, pg_dsn)
+    pools.append(pool)
+
+    pool.minconn = 2  # raised: up to two returned connections stay open
+    first, second = pool.getconn(), pool.getconn()
+    pids = {_backend_pid(first), _backend_pid(second)}
+    pool.putconn(first)
+    pool.putconn(second)
+    assert not first.closed and not second.closed
+    again = [pool.getconn(), pool.getconn()]
+    assert {_backend_pid(conn) for conn in again} == pids  # reused, no new backends
+    for conn in again:
+        pool.putconn(conn)
+
+    pool.minconn = 0  # lowered: a returned connection is closed
+    conn = pool.getconn()
+    pool.putconn(conn)
+    assert conn.closed
+
+    pool.maxconn = 1  # lowered: the second checkout finds the pool exhausted
+    held = pool.getconn()
+    with pytest.raises(psycopg2.pool.PoolError, match="exhausted"):
+        pool.getconn()
+    pool.maxconn = 2  # raised again: room for one more
+    extra = pool.getconn()
+    pool.putconn(extra)
+    pool.putconn(held)
+
+
+# -- issue 10 item 10: the wrong-key error is still a KeyError --------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_wrong_key_error_is_both_a_pool_error_and_a_key_error(
+    cls: str, pg_dsn: str, pools: List[Any]
+) -> None:
+    """Stock raised ``KeyError`` for an unknown key, and code written against it catches
+    that; ours must be caught by ``except KeyError`` and ``except PoolError`` alike, with the
+    clear message (not KeyError's quoted repr) and the books unchanged."""
+    pool = getattr(pgpool_compat, cls)(1, 2, pg_dsn)
+    pools.append(pool)
+    conn = pool.getconn("mine")
+    for catch in (KeyError, psycopg2.pool.PoolError, pgpool_compat.WrongKeyError):
+        with pytest.raises(catch) as raised:
+            pool.putconn(conn, key="nope")
+        assert str(raised.value).startswith("trying to put a connection under key 'nope'")
+    assert pool.getconn("mine") is conn  # still booked under its own key
+    pool.putconn(conn, key="mine")
+
+
+# -- issue 10 item 9: maxconn=inf ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    ("minconn", "maxconn", "named"),
+    [(0, float("inf"), "maxconn"), (float("-inf"), 2, "minconn"), (0, float("nan"), "maxconn")],
+)
+def test_infinite_sizes_are_a_value_error_naming_the_size(
+    cls: str, minconn: Any, maxconn: Any, named: str, pg_dsn: str
+) -> None:
+    """``int(inf)`` raises ``OverflowError``; the promise is a ``ValueError`` naming it."""
+    with pytest.raises(ValueError, match=named):
+        getattr(pgpool_compat, cls)(minconn, maxconn, pg_dsn)

@@ -7,6 +7,7 @@ with a bound, every wait has a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Callable, List, Optional
@@ -15,11 +16,18 @@ import psycopg2
 import psycopg2.pool
 import pytest
 
+from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.engine.stats import COUNTER_KEYS, GAUGE_KEYS
 from pgpool_compat.engine.threaded import ThreadedRunner
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
 from pgpool_compat.factory import ConnectionPool, FactoryDriver
-from tests.helpers import backend_pids, terminate_backends
+from tests.helpers import (
+    AWKWARD_CONNECTION_KINDS,
+    AWKWARD_POOL_OPTIONS,
+    backend_pids,
+    recording_factory,
+    terminate_backends,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -453,3 +461,107 @@ def test_psycopg2_factory_check_drops_a_terminated_backend(pg_dsn: str) -> None:
             cur.execute("SELECT pg_backend_pid()")
             assert cur.fetchone()[0] != pid
         assert pool.get_stats()["connections_lost"] == 1
+
+
+# -- issue 10 item 11: each face words errors in its own keywords -----------------------------
+
+
+def test_errors_name_the_factory_pools_own_keywords_like_the_async_pool() -> None:
+    """The timeout names ``timeout`` and ``max_size`` (what this pool's user passed), never
+    the engine's ``pool_timeout``/``maxconn``; the foreign-release refusal is worded as the
+    async pool words it."""
+    with ConnectionPool(Factory(), min_size=1, max_size=1, timeout=0.05) as pool:
+        held = pool.acquire()
+        with pytest.raises(PoolTimeoutError) as timed_out:
+            pool.acquire()
+        message = str(timed_out.value)
+        assert "timeout=0.05, max_size=1" in message
+        assert "pool_timeout" not in message and "maxconn" not in message
+        with pytest.raises(PoolError) as foreign:
+            pool.release(FakeConn(99))
+        pool.release(held)
+        with pytest.raises(PoolError) as twice:
+            pool.release(held)
+
+    async def async_refusal() -> str:
+        async with AsyncConnectionPool(Factory(), min_size=0, max_size=1) as async_pool:
+            with pytest.raises(PoolError) as refused:
+                await async_pool.release(FakeConn(99))
+            return str(refused.value)
+
+    expected = asyncio.run(asyncio.wait_for(async_refusal(), 10))
+    assert str(foreign.value) == str(twice.value) == expected
+
+
+# -- issue 10 item 8: a factory returning an object the pool holds; awkward objects ----------
+
+
+def test_factory_returning_the_same_object_twice_is_refused_and_frees_the_slot() -> None:
+    """A shared client returned by every ``factory()`` call went to two borrowers, and its
+    second slot was lost for good. Now the second connect is a clear ``PoolError``, the
+    object stays with its borrower, and the slot is free for a factory that recovers."""
+    shared = FakeConn(0)
+    calls: List[int] = []
+
+    def factory() -> FakeConn:
+        calls.append(1)
+        return shared if len(calls) <= 3 else FakeConn(len(calls))
+
+    pool: ConnectionPool[Any] = ConnectionPool(factory, min_size=0, max_size=2, timeout=0.2)
+    first = pool.acquire()
+    for _ in range(2):
+        with pytest.raises(PoolError, match="returned an object this pool already holds"):
+            pool.acquire()
+    assert first is shared and not shared.closed
+    assert pool.pool_size == 1  # the refused connects hold no slot
+    second = pool.acquire()  # the factory now makes a new object: both slots usable
+    assert second is not shared
+    pool.release(first)
+    pool.release(second)
+    assert pool.idle_count == 2
+    pool.close_all()
+
+
+def test_factory_returning_none_is_refused_and_frees_the_slot() -> None:
+    results: List[Any] = [None, FakeConn(1)]
+    pool: ConnectionPool[Any] = ConnectionPool(
+        lambda: results.pop(0), min_size=0, max_size=1, timeout=0.2
+    )
+    with pytest.raises(PoolError, match="returned None"):
+        pool.acquire()
+    assert pool.pool_size == 0
+    conn = pool.acquire()  # max_size=1: the slot came back
+    assert isinstance(conn, FakeConn)
+    pool.release(conn)
+    pool.close_all()
+
+
+def test_prefill_with_a_factory_returning_one_object_is_refused() -> None:
+    shared = FakeConn(0)
+    with pytest.raises(PoolError, match="already holds"):
+        ConnectionPool(lambda: shared, min_size=2, max_size=2)
+
+
+@pytest.mark.parametrize("kind", AWKWARD_CONNECTION_KINDS, ids=lambda kind: kind.__name__)
+def test_connections_of_any_kind_are_pooled_by_identity(kind: type) -> None:
+    """Unhashable objects, ``__slots__`` without ``__weakref__``, ``__eq__`` that calls
+    distinct objects equal: each is handed out to one borrower, comes back, is reused and
+    is closed exactly once."""
+    made: List[Any] = []
+    pool: ConnectionPool[Any] = ConnectionPool(
+        recording_factory(kind, made), **AWKWARD_POOL_OPTIONS
+    )
+    borrowed = [pool.acquire() for _ in range(3)]
+    assert len({id(conn) for conn in borrowed}) == 3
+    with pytest.raises(PoolTimeoutError):
+        pool.acquire()
+    for conn in borrowed:
+        pool.release(conn)
+    again = [pool.acquire() for _ in range(3)]
+    assert {id(conn) for conn in again} == {id(conn) for conn in made}
+    with pytest.raises(PoolError):
+        pool.release(kind())  # equal to every borrowed one, yet not one of them
+    for conn in again:
+        pool.release(conn)
+    pool.close_all()
+    assert [conn.closes for conn in made] == [1, 1, 1]

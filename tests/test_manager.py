@@ -97,7 +97,7 @@ def test_pool_id_invalid_dsn_withholds_the_text() -> None:
     with pytest.raises(psycopg2.ProgrammingError) as caught:
         manager.pool_id("host=a password=hunter2 oops")
     assert "hunter2" not in str(caught.value) and "oops" not in str(caught.value)
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
 def test_libpq_dsn_translates_only_the_queries_scheme() -> None:
@@ -427,6 +427,40 @@ def test_shutdown_reports_when_the_lock_is_held_elsewhere() -> None:
         holder.join(5)
 
 
+def test_shutdown_calls_each_pools_public_shutdown(registry: Dict[str, Any]) -> None:
+    """Issue 10 item 5: queries' own test replaces ``pool.shutdown`` with a mock and asserts
+    the call; a subclass that overrides it expects the same. The report still counts what a
+    pool left open, and the manager's deadline still bounds the real method."""
+    PoolManager.create("mocked")
+    PoolManager.create("stuck", max_size=2)
+    mocked = registry["mocked"]
+    mocked.shutdown = mock.Mock()
+    calls: List[str] = []
+
+    class Audited(Pool):
+        def shutdown(self, timeout: Any = None) -> None:
+            calls.append(self.id)
+            super().shutdown(timeout)
+
+    registry["audited"] = Audited("audited")
+    PoolManager.add("audited", fake_handle())
+    release = threading.Event()
+    stuck = fake_handle()
+    stuck.close.side_effect = lambda: release.wait(10)  # a query running in another thread
+    PoolManager.add("stuck", stuck)
+    session = mock.Mock()  # alive: the connection is held, so it is closed in a thread
+    PoolManager.lock("stuck", stuck, session)
+    started = time.monotonic()
+    try:
+        assert PoolManager.shutdown(timeout=0.3) == {"stuck": 1}
+        assert time.monotonic() - started < 2  # bounded by the manager's timeout
+    finally:
+        release.set()
+    mocked.shutdown.assert_called_once_with()
+    assert calls == ["audited"]
+    assert registry == {}
+
+
 def test_register_atexit_registers_once() -> None:
     with mock.patch.object(PoolManager, "_atexit_registered", False), \
             mock.patch("atexit.register") as register:
@@ -491,3 +525,36 @@ def test_exported_from_the_package() -> None:
                  "ActivePoolError", "ConnectionBusyError", "ConnectionNotFoundError",
                  "NoIdleConnectionsError", "PoolFullError", "pool_id"):
         assert getattr(pgpool_compat, name) is getattr(manager, name), name
+
+
+# -- issue 10 item 9: loose arguments of the manager additions --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"max_size": 0}, ValueError, "max_size"),
+        ({"max_size": -1}, ValueError, "max_size"),
+        ({"max_size": "2"}, TypeError, "max_size"),
+        ({"max_size": True}, TypeError, "max_size"),
+        ({"idle_ttl": -5}, ValueError, "idle_ttl"),
+        ({"idle_ttl": float("nan")}, ValueError, "idle_ttl"),
+        ({"idle_ttl": "60"}, TypeError, "idle_ttl"),
+        ({"timeout": "1"}, TypeError, "timeout"),
+    ],
+)
+def test_manager_connection_loose_arguments_name_the_argument(
+    registry: Dict[str, Any], kwargs: Dict[str, Any], error: type, named: str
+) -> None:
+    """Each bad argument is refused before anything happens (no pool created, no connect),
+    with an error that names it; before, ``max_size=0`` gave ``PoolFullError`` on every
+    call, ``"2"`` an anonymous ``TypeError`` and ``idle_ttl=-5`` was silently accepted."""
+    dsn = "host=127.0.0.1 port=1 password=s3cret"
+    with pytest.raises(error, match=named), PoolManager.connection(dsn, **kwargs):
+        pass  # pragma: no cover - never entered
+    assert registry == {}
+
+
+def test_pool_id_of_none_is_a_type_error_naming_the_dsn() -> None:
+    with pytest.raises(TypeError, match="dsn"):
+        manager.pool_id(None)  # type: ignore[arg-type]

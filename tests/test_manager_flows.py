@@ -329,6 +329,37 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
         assert again is conn and backend_pid(again) == parent_backend
 
 
+def test_a_waiter_sleeps_until_served_without_polling(pg_dsn: str) -> None:
+    """connection(timeout=...) waits on the engine's waiter hand-off: while nothing is freed
+    it never takes the manager lock (0.1.0 re-checked every 50 ms), and a free serves it."""
+    dsn = with_app(pg_dsn, "mgr_no_poll")
+    acquisitions: List[str] = []
+    real_acquire = manager._LOCK.acquire
+
+    def counting_acquire(*args: Any, **kwargs: Any) -> bool:
+        acquisitions.append(threading.current_thread().name)
+        return real_acquire(*args, **kwargs)
+
+    got: List[Any] = []
+
+    def wait_for_it() -> None:
+        with PoolManager.connection(dsn, timeout=10) as conn:
+            got.append(conn)
+
+    with PoolManager.connection(dsn, max_size=1) as held:
+        waiter = threading.Thread(target=wait_for_it, name="mgr-waiter")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(manager._LOCK, "acquire", counting_acquire)
+            waiter.start()
+            pid = manager.pool_id(dsn)
+            assert wait_for(lambda: waiting(pid) == 1)
+            queued = acquisitions.count("mgr-waiter")
+            time.sleep(0.5)
+            assert acquisitions.count("mgr-waiter") == queued, "the waiter polled the lock"
+    waiter.join(5)
+    assert got == [held]
+
+
 def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
     """The parent's cleaner thread does not exist in a child: the child starts its own."""
     from tests.test_fork import run_in_child

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,9 +17,16 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import backend_count, backend_pids, terminate_backends, wait_backend_count
+from helpers import (
+    backend_count,
+    backend_pids,
+    popen_interruptible,
+    terminate_backends,
+    wait_backend_count,
+)
 
 from pgpool_compat import testing as harness
+from pgpool_compat._commands import shown_python
 from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
 
 pytestmark = pytest.mark.timeout(90)
@@ -167,13 +175,25 @@ def test_taken_fixed_port_fails_clearly_and_leaves_nothing() -> None:
 
 
 def test_restart_never_moves_the_port(own_server: PostgresServer) -> None:
+    """A squatter on the port makes start() fail rather than move; once it is gone the
+    server comes back on the same port.
+
+    A client still connected across the stop leaves the server's end of its connection in
+    FIN-WAIT-2, then TIME-WAIT (the server closed first), as after many a real test:
+    binding the port then needs SO_REUSEADDR, which PostgreSQL uses too (issue 10 item 12).
+    """
     port = own_server.port
-    own_server.stop()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        with pytest.raises(RuntimeError, match="could not bind"):
-            own_server.start()
+    client = psycopg2.connect(own_server.dsn)
+    try:
+        own_server.stop()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(RuntimeError, match="could not bind"):
+                own_server.start()
+    finally:
+        client.close()
     own_server.start()
     assert own_server.port == port
     assert query(own_server.dsn, "SELECT 9") == 9
@@ -231,7 +251,67 @@ def test_missing_binaries_give_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
     message = str(info.value)
     assert "\n" not in message
     assert "apt-get install postgresql" in message
+    # Into this very interpreter's environment: a bare `pip` may be another one's.
+    assert f"{shown_python()} -m pip install pgserver" in message
     assert "PGPOOL_TEST_DSN" in message
+
+
+def _fake_bin_dir(directory: Path) -> Path:
+    for name in ("postgres", "initdb"):
+        (directory / name).write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 99.9'\n")
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def _needs_embedded() -> Path:
+    """The pgserver wheel's binaries (the bench extra installs them where a wheel exists)."""
+    bundled = harness._embedded_bin_dir()
+    if bundled is None:
+        pytest.skip("no pgserver wheel installed (none is published for this platform)")
+    return bundled
+
+
+def test_local_binaries_are_preferred_to_the_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_embedded()  # both are there: the choice is real
+    local = _fake_bin_dir(tmp_path)
+    monkeypatch.setenv("PATH", str(local))
+    found = harness.find_server_binaries()
+    assert found == harness.ServerBinaries(local, embedded=False)
+    assert found.origin == "local binaries"
+
+
+def test_embedded_server_when_there_are_no_local_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = _needs_embedded()
+    monkeypatch.setattr(harness, "_local_bin_dir", lambda: None)
+    with PostgresServer(name="pgpool_compat-embedded") as server:
+        assert server.binaries == harness.ServerBinaries(bundled, embedded=True)
+        assert server.binaries.origin.startswith("embedded (pgserver wheel ")
+        assert "from embedded (pgserver wheel" in server.description
+        assert str(query(server.dsn, "SHOW server_version")).split()[0] == server.server_version
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
+        assert int(uid) != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_root_runs_a_copy_of_binaries_its_stand_in_cannot_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtualenv under /root: the server's OS user cannot even enter the directory."""
+    bundled = _needs_embedded()
+    site = tmp_path / "locked" / "site-packages"
+    site.mkdir(parents=True)
+    (tmp_path / "locked").chmod(0o700)
+    for part in (bundled.parent.relative_to(bundled.parents[2]), Path("pgserver.libs")):
+        shutil.copytree(bundled.parents[2] / part, site / part, symlinks=True)
+    unreachable = harness.ServerBinaries(site / "pgserver" / "pginstall" / "bin", embedded=True)
+    monkeypatch.setattr(harness, "find_server_binaries", lambda: unreachable)
+    with PostgresServer(name="pgpool_compat-locked") as server:
+        assert query(server.dsn, "SELECT 1") == 1
+        assert "pgpool_compat-pginstall-" in server.description  # the copy runs
+        assert server.binaries == unreachable
 
 
 def test_shared_fixtures(pg_server: Any, pg_dsn: str, admin_conn: Any) -> None:
@@ -293,7 +373,7 @@ CHILD = textwrap.dedent(
 
 def run_child(how: str) -> tuple[subprocess.Popen[str], Path, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(
+    process = popen_interruptible(
         [sys.executable, "-c", CHILD, how],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -312,6 +392,29 @@ def test_owner_killed_cleans_up(signum: int) -> None:
     process.send_signal(signum)
     # Python dies of the signal either way (KeyboardInterrupt re-raises SIGINT at exit).
     assert process.wait(30) == -signum
+    assert not data_dir.exists()
+    assert refuses(dsn)
+
+
+@pytest.fixture
+def sigint_ignored() -> Any:
+    """The test run as a background job (``pytest &``) sees it: SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_tests_hold_when_the_suite_ignores_sigint(sigint_ignored: None) -> None:
+    """Issue 10 item 12: children inherit an ignored SIGINT, and the simulated Ctrl-C then
+    did nothing; the tests start their children with SIGINT at its default."""
+    process, data_dir, dsn = run_child("wait")
+    try:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == -signal.SIGINT
+    finally:
+        if process.poll() is None:
+            process.terminate()  # SIGTERM: the harness still cleans up
+            process.wait(30)
     assert not data_dir.exists()
     assert refuses(dsn)
 

@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Type
 import psycopg2
 from psycopg2 import extensions
 
+from .._commands import pip_install
+
 __all__ = [
     "PRODUCTION_OPTIONS",
     "BenchPool",
@@ -23,6 +25,9 @@ __all__ = [
     "available_pools",
     "run_select_one",
 ]
+
+#: The extra that installs every compared pool (and the embedded server).
+BENCH_EXTRA = "'pgpool_compat[bench]'"
 
 #: The "production" options the README recommends, benchmarked as their own row.
 PRODUCTION_OPTIONS: Dict[str, Any] = {
@@ -309,7 +314,7 @@ def available_pools() -> Tuple[List[PoolSpec], List[str]]:
         except ImportError:
             notes.append(
                 f"{module} is not installed: its rows are left out "
-                "(pip install 'pgpool_compat[bench]')"
+                f"({pip_install(BENCH_EXTRA)})"
             )
             continue
         specs.append(PoolSpec(key, label.format(version), opener))

@@ -8,18 +8,24 @@ connections there and never restarts anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from types import FrameType
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
 
 import psycopg2
 from psycopg2 import extensions
 
+from .._commands import shown_python
+from ..dsn import connect as connect_without_secrets
 from .adapters import PRODUCTION_OPTIONS, available_pools
 from .report import PLOT_MISSING, format_table, plot_available, to_json, write_plot
 from .runner import Progress, run_bench, total_steps
@@ -44,7 +50,7 @@ def _thread_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pgpool_compat bench",
+        prog=f"{shown_python()} -m pgpool_compat bench",
         description=(
             "Compare psycopg2.pool, pgpool_compat and the other installed pools side by side. "
             "Without --dsn a throwaway PostgreSQL is started and removed afterwards."
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short run (under 30 s on 2 cores): fewer, shorter rounds",
+        help="short run (about 30 s on 2 cores): shorter rounds; a ratio its rounds do not "
+        "agree on shows as 'noisy'",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a PNG chart (matplotlib)")
@@ -126,7 +133,7 @@ def _load_average() -> List[float]:
 
 
 def _server_version(dsn: str) -> str:
-    conn = psycopg2.connect(dsn)
+    conn = connect_without_secrets(dsn)  # its error is printed: it must not show a password
     try:
         number = int(conn.server_version)
     finally:
@@ -153,9 +160,12 @@ def _shown_command(argv: Sequence[str]) -> str:
 
 
 def describe_machine(
-    argv: Sequence[str], server_version: str, throwaway: bool, quick: bool
+    argv: Sequence[str], server_version: str, server: str, quick: bool
 ) -> Dict[str, Any]:
-    """What ran where, for the table header and the JSON ``machine`` object (no DSN)."""
+    """What ran where, for the table header and the JSON ``machine`` object (no DSN).
+
+    ``server``: ``"--dsn"`` or where the throwaway server's binaries came from.
+    """
     libpq = extensions.libpq_version()
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -168,7 +178,7 @@ def describe_machine(
         "psycopg2": psycopg2.__version__.split()[0],
         "libpq": f"{libpq // 10000}.{libpq % 10000}",
         "postgresql": server_version,
-        "server": "throwaway, 127.0.0.1 (pgpool_compat.testing)" if throwaway else "--dsn",
+        "server": server,
         "mode": "quick" if quick else "full",
         "production_options": dict(PRODUCTION_OPTIONS),
     }
@@ -182,7 +192,10 @@ def _header(machine: Dict[str, Any]) -> List[str]:
         f" {machine.get('load_avg_at_end', '?')} at end",
         f"python {machine['python']}, psycopg2 {machine['psycopg2']}, libpq {machine['libpq']}, "
         f"PostgreSQL {machine['postgresql']} ({machine['server']})",
-        "pools interleaved, medians over rounds; vs stock = ops/s over psycopg2.pool's",
+        "pools interleaved, fresh pools each round; medians over rounds, but ops/s pooled over"
+        " rounds (the faster quartile of turns in overhead and query)",
+        "vs stock = ops/s over psycopg2.pool's, shown when its 90% confidence interval is"
+        " within 10%, else 'noisy'",
     ]
 
 
@@ -192,6 +205,24 @@ def _quiet_pool_logs(verbose: bool) -> None:
         return
     for name in POOL_LOGGERS:
         logging.getLogger(name).addHandler(logging.NullHandler())
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted(progress: Progress) -> Iterator[None]:
+    """While measuring, a Ctrl-C also marks ``progress`` interrupted (see there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: Optional[FrameType]) -> None:
+        progress.interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) -> int:
@@ -220,11 +251,14 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             sys.stderr.write(f"bench: no server to run against: {first_line}\n")
             return 1
-        machine = describe_machine(argv, version, server is not None, args.quick)
+        where = "--dsn" if server is None else f"throwaway, {server.binaries.origin}"
+        machine = describe_machine(argv, version, where, args.quick)
         scenarios = make_scenarios(
             args.chosen, settings, None if server is None else server.restart
         )
-        outcome = run_bench(dsn, scenarios, specs, progress=Progress(total_steps(scenarios, specs)))
+        progress = Progress(total_steps(scenarios, specs))
+        with _ctrl_c_noted(progress):
+            outcome = run_bench(dsn, scenarios, specs, progress=progress)
     except KeyboardInterrupt:
         sys.stderr.write("\nbench: interrupted\n")
         return 130

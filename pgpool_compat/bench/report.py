@@ -6,11 +6,13 @@ import importlib.util
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .._commands import pip_install
+from .ratios import CONFIDENCE, TOLERANCE
 from .runner import Outcome, Row
 
 __all__ = ["PLOT_MISSING", "format_table", "plot_available", "to_json", "write_plot"]
 
-PLOT_MISSING = "--plot needs matplotlib: pip install 'pgpool_compat[plot]'"
+PLOT_MISSING = f"--plot needs matplotlib: {pip_install(repr('pgpool_compat[plot]'))}"
 
 Formatter = Callable[[float], str]
 
@@ -57,8 +59,14 @@ EXTRA_COLUMNS: Dict[str, List[Tuple[str, str, Formatter]]] = {
 }
 
 
-def _cell(metrics: Mapping[str, Optional[float]], key: str, formatter: Formatter) -> str:
-    value = metrics.get(key)
+#: Shown instead of a ratio whose rounds disagreed (see :mod:`.ratios`).
+NOISY = "noisy"
+
+
+def _cell(row: Row, key: str, formatter: Formatter) -> str:
+    if key in row.noisy:
+        return NOISY
+    value = row.metrics.get(key)
     return "-" if value is None else formatter(value)
 
 
@@ -68,7 +76,7 @@ def format_table(outcome: Outcome, header_lines: Sequence[str] = ()) -> str:
     for scenario in outcome.scenarios:
         columns = COMMON_COLUMNS + EXTRA_COLUMNS.get(scenario.name, [])
         cells = [
-            [row.label] + [_cell(row.metrics, key, fmt) for _, key, fmt in columns]
+            [row.label] + [_cell(row, key, fmt) for _, key, fmt in columns]
             for row in scenario.rows
         ]
         headers = ["pool"] + [title for title, _, _ in columns]
@@ -89,9 +97,16 @@ def format_table(outcome: Outcome, header_lines: Sequence[str] = ()) -> str:
         lines.extend(render(line) for line in cells)
         if not scenario.rows:
             lines.append("(no pool finished this scenario)")
-    if outcome.notes:
+    notes = list(outcome.notes)
+    if any(row.noisy for scenario in outcome.scenarios for row in scenario.rows):
+        notes.append(
+            f"{NOISY}: the ratio's {CONFIDENCE:.0%} confidence interval over the rounds reaches"
+            f" more than {TOLERANCE - 1:.0%} either side of it, so no figure is shown; a full"
+            " run (no --quick) or a quieter machine may settle it"
+        )
+    if notes:
         lines.append("")
-        lines.extend(f"note: {note}" for note in outcome.notes)
+        lines.extend(f"note: {note}" for note in notes)
     return "\n".join(lines) + "\n"
 
 
@@ -109,6 +124,7 @@ def _json_row(row: Row) -> Dict[str, Any]:
         result[key] = _json_number(row.metrics.get(key))
     for key, value in row.metrics.items():
         result.setdefault(key, _json_number(value))
+    result["noisy"] = list(row.noisy)
     return result
 
 
@@ -119,7 +135,9 @@ def to_json(
 
     Each result carries ``pool``, ``ops_per_s``, ``p50_us``, ``p99_us``, ``errors``,
     ``connections_opened`` and ``vs_stock``, then the scenario's own keys; a metric that is
-    undefined (or infinite, like the fairness of a starved thread) is null.
+    undefined (or infinite, like the fairness of a starved thread) is null. Each ratio comes
+    with its confidence interval (``vs_stock_low``, ``vs_stock_high``); ``noisy`` lists the
+    ratios the table shows as "noisy" (their median is still given, for the record).
     """
     return {
         "machine": dict(machine),

@@ -1,21 +1,24 @@
 """Runs scenarios over pools: rounds, interleaving, medians, ratios against stock psycopg2.
 
 Noise on a shared machine comes in bursts, so pools are interleaved: each round runs every pool
-once, in an order rotated by one per round (group scenarios go further and let the pools take
-turns of a few milliseconds), and the report keeps each metric's median over the rounds.
+once, with fresh pools, in an order rotated by one per round (group scenarios go further and
+let the pools take turns of a few milliseconds), and the report keeps each metric's median over
+the rounds; ops/s and the ratios come from the rates pooled over rounds (:mod:`.ratios`). A
+ratio is shown only when its confidence interval is tight: after the scenario's minimum rounds,
+more run (up to its maximum) while some ratio is unsettled.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .adapters import BenchPool, PoolSpec
-from .scenarios import GroupScenario, Sample, Scenario, describe_error
+from .ratios import pooled_rate, rate_ratio
+from .scenarios import GroupScenario, Sample, Scenario, TurnRates, describe_error
 
 __all__ = ["Outcome", "Progress", "Row", "ScenarioResult", "median_sample", "run_bench"]
 
@@ -30,6 +33,8 @@ class Row:
     label: str
     metrics: Sample
     samples: int
+    #: Ratio metrics whose rounds disagreed too much to show a figure ("noisy").
+    noisy: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -51,13 +56,20 @@ class Progress:
     WIDTH = 24
 
     def __init__(self, total: int, stream: Optional[TextIO] = None) -> None:
+        """``total``: the steps expected; :meth:`extend` adds those of an extra round."""
         self.stream = sys.stderr if stream is None else stream
         self.total = max(1, total)
         self.done = 0
         self.enabled = self.stream.isatty()
+        #: Set by a Ctrl-C handler: the next step raises KeyboardInterrupt again, in case the
+        #: first one was lost (Python drops exceptions raised inside ``__del__`` methods, and
+        #: the pools' finalizers run all through the bench).
+        self.interrupted = False
 
     def step(self, text: str) -> None:
         """Show that the ``done + 1``-th step, described by ``text``, is starting."""
+        if self.interrupted:
+            raise KeyboardInterrupt
         self.done += 1
         if not self.enabled:
             return
@@ -66,6 +78,9 @@ class Progress:
         line = f"[{bar}] {self.done}/{self.total} {text}"
         self.stream.write("\r" + line[:100].ljust(100))
         self.stream.flush()
+
+    def extend(self, steps: int) -> None:
+        self.total += steps
 
     def finish(self) -> None:
         if self.enabled:
@@ -100,8 +115,24 @@ def _close_quietly(pool: BenchPool, label: str) -> None:
 
 
 def total_steps(scenarios: Sequence[Scenario], specs: Sequence[PoolSpec]) -> int:
+    """Steps of the scenarios' minimum rounds (extra rounds extend the progress bar)."""
     per_round = [sum(1 for spec in specs if spec.runs_in(s.name)) for s in scenarios]
     return sum(per_round) * (scenarios[0].settings.rounds if scenarios else 0)
+
+
+@dataclass
+class Round:
+    """What one round measured, by pool key (a pool that failed that round is absent)."""
+
+    samples: Dict[str, Sample] = field(default_factory=dict)
+    turns: TurnRates = field(default_factory=dict)
+
+    def rates(self, key: str) -> Optional[List[float]]:
+        """The pool's turn rates, or its one ops/s figure for a scenario without turns."""
+        if self.turns.get(key):
+            return self.turns[key]
+        ops = self.samples.get(key, {}).get("ops_per_s")
+        return None if ops is None else [ops]
 
 
 def run_bench(
@@ -115,37 +146,65 @@ def run_bench(
     outcome = Outcome()
     for scenario in scenarios:
         pools = [spec for spec in specs if spec.runs_in(scenario.name)]
-        samples: Dict[str, List[Sample]] = {spec.key: [] for spec in pools}
+        settings = scenario.settings
+        rounds: List[Round] = []
         failures: Dict[str, str] = {}
-        for round_index in range(scenario.settings.rounds):
-            order = _rotated(pools, round_index)
+        while len(rounds) < settings.max_rounds:
+            if len(rounds) >= settings.rounds:
+                unsettled = any(row.noisy for row in _rows(scenario, pools, rounds, specs))
+                if not (unsettled and scenario.more_rounds_help):
+                    break
+                progress.extend(len(pools))
+            measured = Round()
+            order = _rotated(pools, len(rounds))
             if isinstance(scenario, GroupScenario):
-                _group_round(dsn, scenario, order, samples, failures, progress)
-                continue
-            for spec in order:
-                progress.step(f"{scenario.name}: {spec.label}")
-                _one_sample(dsn, scenario, spec, samples, failures)
-        rows: List[Row] = []
+                _group_round(dsn, scenario, order, measured, failures, progress)
+            else:
+                for spec in order:
+                    progress.step(f"{scenario.name}: {spec.label}")
+                    _one_sample(dsn, scenario, spec, measured.samples, failures)
+            rounds.append(measured)
+        rows = _rows(scenario, pools, rounds, specs)
         for spec in pools:
-            kept = samples[spec.key]
-            if kept:
-                rows.append(Row(spec.key, spec.label, median_sample(kept), len(kept)))
             if spec.key in failures:
+                kept = sum(1 for measured in rounds if spec.key in measured.samples)
                 outcome.notes.append(
                     f"{scenario.name}: {spec.label} failed "
-                    f"({len(kept)}/{scenario.settings.rounds} rounds kept): {failures[spec.key]}"
+                    f"({kept}/{len(rounds)} rounds kept): {failures[spec.key]}"
                 )
-        _add_ratios(rows, specs)
         outcome.scenarios.append(ScenarioResult(scenario.name, scenario.description, rows))
     progress.finish()
     return outcome
+
+
+def _rows(
+    scenario: Scenario,
+    pools: Sequence[PoolSpec],
+    rounds: Sequence[Round],
+    specs: Sequence[PoolSpec],
+) -> List[Row]:
+    """Each pool's medians over the rounds it finished, its pooled rate, its ratios."""
+    rows: List[Row] = []
+    for spec in pools:
+        kept = [measured.samples[spec.key] for measured in rounds if spec.key in measured.samples]
+        if not kept:
+            continue
+        metrics = median_sample(kept)
+        rates = [rates for measured in rounds if (rates := measured.rates(spec.key))]
+        ops = pooled_rate(rates, scenario.rate_quantile)
+        metrics["ops_per_s"] = ops
+        if "ns_per_op" in metrics:  # the same figure, inverted
+            metrics["ns_per_op"] = 1e9 / ops if ops else None
+        rows.append(Row(spec.key, spec.label, metrics, len(kept)))
+    _add_ratios(rows, rounds, specs, scenario.rate_quantile)
+    return rows
 
 
 def _one_sample(
     dsn: str,
     scenario: Scenario,
     spec: PoolSpec,
-    samples: Dict[str, List[Sample]],
+    samples: Dict[str, Sample],
     failures: Dict[str, str],
 ) -> None:
     try:
@@ -154,7 +213,7 @@ def _one_sample(
         failures[spec.key] = describe_error(exc)
         return
     try:
-        samples[spec.key].append(scenario.measure(pool))
+        samples[spec.key] = scenario.measure(pool)
     except Exception as exc:
         failures[spec.key] = describe_error(exc)
     finally:
@@ -165,7 +224,7 @@ def _group_round(
     dsn: str,
     scenario: GroupScenario,
     order: Sequence[PoolSpec],
-    samples: Dict[str, List[Sample]],
+    measured: Round,
     failures: Dict[str, str],
     progress: Progress,
 ) -> None:
@@ -179,28 +238,39 @@ def _group_round(
             except Exception as exc:
                 failures[spec.key] = describe_error(exc)
         group = [(spec.key, pool) for spec, pool in opened if spec.key not in failures]
-        for key, sample in scenario.measure_group(group, failures).items():
-            samples[key].append(sample)
+        measured.samples.update(scenario.measure_group(group, failures, measured.turns))
     finally:
         for spec, pool in opened:
             _close_quietly(pool, spec.label)
 
 
-def _add_ratios(rows: List[Row], specs: Sequence[PoolSpec]) -> None:
+def _add_ratios(
+    rows: List[Row], rounds: Sequence[Round], specs: Sequence[PoolSpec], fraction: float
+) -> None:
     """``vs_stock``: ops/s over stock psycopg2.pool's (above 1 is faster); ``vs_held`` where a
-    held connection, the limit of any pool, ran in the same scenario."""
+    held connection, the limit of any pool, ran in the same scenario. Each comes with its
+    interval as ``<name>_low``/``<name>_high``; a ratio whose interval is too wide (or that
+    has too few rounds) is listed in the row's ``noisy``."""
     references = (
         ("vs_stock", {spec.key for spec in specs if spec.is_stock}),
         ("vs_held", {spec.key for spec in specs if spec.is_limit}),
     )
     for name, keys in references:
-        reference = next((row.metrics.get("ops_per_s") for row in rows if row.key in keys), None)
-        if reference is None and name != "vs_stock":
+        reference = next((row.key for row in rows if row.key in keys), None)
+        if reference is None:
+            if name == "vs_stock":  # always a column: undefined without stock
+                for row in rows:
+                    row.metrics[name] = None
             continue
         for row in rows:
-            ops = row.metrics.get("ops_per_s")
-            row.metrics[name] = (
-                ops / reference
-                if ops is not None and reference and math.isfinite(reference)
-                else None
-            )
+            pairs = [
+                (rates, base)
+                for measured in rounds
+                if (rates := measured.rates(row.key)) and (base := measured.rates(reference))
+            ]
+            ratio = rate_ratio(pairs, fraction)
+            row.metrics[name] = None if ratio is None else ratio.value
+            row.metrics[f"{name}_low"] = None if ratio is None else ratio.low
+            row.metrics[f"{name}_high"] = None if ratio is None else ratio.high
+            if ratio is not None and not ratio.settled and row.key != reference:
+                row.noisy.append(name)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .adapters import BenchPool, run_select_one
+from .ratios import MIN_ROUNDS
 
 __all__ = [
     "SCENARIO_NAMES",
@@ -28,6 +29,7 @@ __all__ = [
     "Sample",
     "Scenario",
     "Settings",
+    "TurnRates",
     "checkout",
     "describe_error",
     "make_scenarios",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 Sample = Dict[str, Optional[float]]
+#: Per pool key, the rate (ops/s) of each timed turn of one round, for scenarios that take turns.
+TurnRates = Dict[str, List[float]]
 #: Pools of one group round, by key, in the order they take turns.
 Group = Sequence[Tuple[str, BenchPool]]
 
@@ -52,15 +56,25 @@ OVERHEAD_TURN = 100
 OVERHEAD_TIMED_TURN = 20
 #: Queries per turn of the query scenario.
 QUERY_TURN = 10
+#: Which quantile of the pooled turn rates is a turn-taking scenario's ops/s: the faster
+#: turns, since interference only ever slows a turn down (see :mod:`.ratios`).
+FAST_QUARTILE = 0.75
 #: Upper bound on a restart sample: the server may come back slowly on a busy machine.
 RESTART_SAMPLE_LIMIT_S = 20.0
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of every scenario; ``quick`` and ``full`` are the two presets."""
+    """Sizes of every scenario; ``quick`` and ``full`` are the two presets.
+
+    ``rounds`` is the minimum number of rounds: five, the fewest that bound a ratio
+    (:data:`.ratios.MIN_ROUNDS`). While some ratio is still too uncertain, more run, up to
+    ``max_rounds`` (in the scenarios where more rounds help); a ratio still unsettled then is
+    reported as noisy (:mod:`.ratios`).
+    """
 
     rounds: int
+    max_rounds: int
     overhead_ops: int
     query_seconds: float
     contention_seconds: float
@@ -76,13 +90,14 @@ class Settings:
     @classmethod
     def full(cls, threads: Optional[int] = None) -> Settings:
         return cls(
-            rounds=3,
-            overhead_ops=30_000,
-            query_seconds=1.0,
-            contention_seconds=2.0,
+            rounds=MIN_ROUNDS,
+            max_rounds=11,
+            overhead_ops=20_000,
+            query_seconds=0.6,
+            contention_seconds=1.2,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
-            churn_bursts=10,
+            churn_bursts=6,
             churn_ops_per_thread=10,
             churn_gap_s=0.1,
             restart_ops=100,
@@ -91,13 +106,14 @@ class Settings:
     @classmethod
     def quick(cls, threads: Optional[int] = None) -> Settings:
         return cls(
-            rounds=1,
-            overhead_ops=10_000,
-            query_seconds=0.3,
-            contention_seconds=0.6,
+            rounds=MIN_ROUNDS,
+            max_rounds=7,
+            overhead_ops=4_000,
+            query_seconds=0.1,
+            contention_seconds=0.2,
             contention_threads=threads or 32,
             churn_threads=threads or 16,
-            churn_bursts=3,
+            churn_bursts=2,
             churn_ops_per_thread=5,
             churn_gap_s=0.03,
             restart_ops=20,
@@ -151,6 +167,10 @@ class Scenario:
     description = ""
     minconn = 1
     maxconn = 4
+    #: The quantile of the rates over rounds (or turns) that the table shows as ops/s.
+    rate_quantile = 0.5
+    #: Whether rounds beyond the minimum may settle a noisy ratio (see :class:`Settings`).
+    more_rounds_help = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -162,8 +182,11 @@ class Scenario:
 class GroupScenario(Scenario):
     """A scenario measured with every pool open at once, the pools taking turns."""
 
-    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
-        """One sample per pool; a pool that raises is recorded in ``failures`` and dropped."""
+    def measure_group(
+        self, pools: Group, failures: Dict[str, str], turn_rates: TurnRates
+    ) -> Dict[str, Sample]:
+        """One sample per pool; a pool that raises is recorded in ``failures`` and dropped.
+        A scenario that times turns puts each pool's turn rates in ``turn_rates``."""
         raise NotImplementedError
 
 
@@ -185,8 +208,11 @@ def _take_turns(
 class Overhead(GroupScenario):
     name = "overhead"
     description = "checkout + checkin, no query, 1 thread: the pool's own cost"
+    rate_quantile = FAST_QUARTILE
 
-    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+    def measure_group(
+        self, pools: Group, failures: Dict[str, str], turn_rates: TurnRates
+    ) -> Dict[str, Sample]:
         turn_ns: Dict[str, List[int]] = {key: [] for key, _ in pools}
         durations: Dict[str, List[int]] = {key: [] for key, _ in pools}
         opened_before: Dict[str, int] = {}
@@ -216,6 +242,7 @@ class Overhead(GroupScenario):
         for key, pool in pools:
             if key in failures or not turn_ns[key]:
                 continue
+            turn_rates[key] = [OVERHEAD_TURN * 1e9 / max(1, ns) for ns in turn_ns[key]]
             typical_ns = statistics.median(turn_ns[key]) / OVERHEAD_TURN
             samples[key] = {
                 "ops_per_s": 1e9 / typical_ns,
@@ -231,8 +258,11 @@ class Overhead(GroupScenario):
 class Query(GroupScenario):
     name = "query"
     description = "checkout + SELECT 1 + commit + checkin, 1 thread; the held row is the limit"
+    rate_quantile = FAST_QUARTILE
 
-    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+    def measure_group(
+        self, pools: Group, failures: Dict[str, str], turn_rates: TurnRates
+    ) -> Dict[str, Sample]:
         rates: Dict[str, List[float]] = {key: [] for key, _ in pools}
         durations: Dict[str, List[int]] = {key: [] for key, _ in pools}
         opened_before: Dict[str, int] = {}
@@ -266,6 +296,7 @@ class Query(GroupScenario):
         first_turn_s = max(1e-3, (time.monotonic() - started) / max(1, len(pools)))
         turns = max(1, int(self.settings.query_seconds / first_turn_s) - 1)
         _take_turns(pools, failures, turn, turns)
+        turn_rates.update((key, rates[key]) for key, _ in pools if key not in failures)
         return {
             key: {
                 # The median turn: a burst of load elsewhere spoils a few turns, not the figure.
@@ -386,6 +417,8 @@ class Churn(Scenario):
     name = "churn"
     minconn = 1
     maxconn = 16
+    # Its ops/s hangs on how long connecting takes on the machine at that moment.
+    more_rounds_help = False
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -443,12 +476,16 @@ class Restart(GroupScenario):
     description = "server restarted while pools are idle; then 1 thread resumes"
     minconn = 4
     maxconn = 4
+    # Its ops/s hangs on how soon the restarted server answers, not on the pool.
+    more_rounds_help = False
 
     def __init__(self, settings: Settings, restart_server: Callable[[], None]) -> None:
         super().__init__(settings)
         self.restart_server = restart_server
 
-    def measure_group(self, pools: Group, failures: Dict[str, str]) -> Dict[str, Sample]:
+    def measure_group(
+        self, pools: Group, failures: Dict[str, str], turn_rates: TurnRates
+    ) -> Dict[str, Sample]:
         samples: Dict[str, Sample] = {}
 
         def resume(key: str, pool: BenchPool) -> None:

@@ -28,6 +28,7 @@ from ..errors import (
     DuplicateConnection,
     NotBorrowed,
     PoolClosed,
+    PoolTimeout,
 )
 from ..settings import Settings
 from .entry import UNPREPARED, Entry
@@ -87,6 +88,8 @@ class Core:
         self.max_size = settings.max_size  # per key
         self.total_max_size = settings.total_max_size
         self.min_idle = settings.min_idle  # per key
+        # False: min_idle only shields idle connections from max_idle; none is opened for it.
+        self.refill_min_idle = settings.refill
         self.idle_cap = settings.idle_cap  # per key; None: max_size
         self.lifo = settings.lifo
         self.max_idle = settings.max_idle
@@ -189,6 +192,24 @@ class Core:
 
     def enqueue(self, waiter: Waiter) -> None:
         self.waiters.append(waiter)
+
+    def give_back(self, waiter: Waiter, grant: Optional[Grant], now: float) -> None:
+        """Undo what a waiter that gave up (timeout, interrupt, cancel) was granted in the
+        same instant: the slot or the connection goes to the next in line."""
+        if grant is SLOT:
+            self.abandon(waiter.key)
+        elif isinstance(grant, Entry) and self.out.pop(id(grant.conn), None) is not None:
+            self.shelve(grant, now)  # unless close() took it meanwhile
+
+    def timed_out(self, waited: float, limits: str) -> PoolTimeout:
+        """Count a checkout that ran out of time; the error to raise. ``limits`` words the
+        settings in the face's own keywords (``Settings.describe_limits``)."""
+        self.counters.requests_errors += 1
+        self.timeouts += 1
+        return PoolTimeout(
+            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
+            f"({limits}, {len(self.waiters)} other callers still waiting)"
+        )
 
     def withdraw(self, waiter: Waiter) -> bool:
         """Forget a waiter that gave up; False if it was no longer queued (served)."""
@@ -295,7 +316,7 @@ class Core:
     def deficit(self) -> List[Hashable]:
         """One key per connection to open to reach ``min_idle`` per key and ``min_size``."""
         wanted: List[Hashable] = []
-        if self.min_idle:
+        if self.min_idle and self.refill_min_idle:
             for sub in self.subpools.values():
                 short = self.min_idle - len(sub.idle) - sub.opening
                 wanted += [sub.key] * max(0, min(short, self.max_size - sub.size))
@@ -305,6 +326,12 @@ class Core:
             room = self.max_size - (default.size if default is not None else 0)
             wanted += [None] * min(missing, room)
         return wanted
+
+    def upkeep(self, now: float, batch: int, leak_limit: Optional[float]) -> List[Entry]:
+        """Lazy upkeep's decisions: doom stale idle connections (see ``sweep``) and return
+        the borrowed ones newly past ``leak_limit``, for the runner to report."""
+        self.sweep(now, batch)
+        return [] if leak_limit is None else self.leaks(now, leak_limit)
 
     def leaks(self, now: float, limit: float) -> List[Entry]:
         """Borrowed entries out longer than ``limit`` not reported yet (now marked)."""

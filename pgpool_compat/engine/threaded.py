@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol
+from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol, Tuple
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
@@ -91,11 +91,7 @@ class ThreadedRunner(Generic[ConnT]):
         self._checks = CheckPolicy(settings, driver, self.name)
         self._return_state = driver.return_state
         self._capture_stacks = settings.leak_timeout is not None
-        self._needs_upkeep = (
-            settings.max_idle is not None
-            or settings.max_lifetime is not None
-            or settings.leak_timeout is not None
-        )
+        self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
         self._upkeep_wanted = False  # due, noticed under the lock: run once it is released
         self.unlogged_losses = 0
@@ -333,6 +329,16 @@ class ThreadedRunner(Generic[ConnT]):
         with self._lock:
             return self.core.stats(pop)
 
+    def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
+        """``(held, idle, borrowed)`` for sub-pool ``key``: held counts idle, borrowed and
+        being opened or reset (all 0 once closed)."""
+        with self._lock:
+            sub = self.core.subpools.get(key)
+            if sub is None or self.core.closed:
+                return 0, 0, 0
+            idle = len(sub.idle)
+            return sub.size, idle, sub.size - idle - sub.opening
+
     @property
     def idle_count(self) -> int:
         with self._lock:
@@ -442,7 +448,7 @@ class ThreadedRunner(Generic[ConnT]):
             with self._lock:
                 waiter.gave_up = True
                 self.core.withdraw(waiter)
-                self._give_back(waiter)
+                self.core.give_back(waiter, waiter.grant, monotonic())
             self._dispose_doomed()
             raise
         core = self.core
@@ -459,7 +465,7 @@ class ThreadedRunner(Generic[ConnT]):
                 core.counters.requests_errors += 1
                 error = grant
             elif core.closed:  # closed between the hand-off and this wake-up
-                self._give_back(waiter)
+                core.give_back(waiter, grant, monotonic())
                 core.counters.requests_errors += 1
                 error = PoolClosed()
         if self.observer is not None:
@@ -469,26 +475,12 @@ class ThreadedRunner(Generic[ConnT]):
         assert grant is not None
         return grant
 
-    def _give_back(self, waiter: _ThreadWaiter) -> None:
-        """Undo what a waiter that gave up was granted (lock held)."""
-        grant = waiter.grant
-        if grant is SLOT:
-            self.core.abandon(waiter.key)
-        elif isinstance(grant, Entry) and self.core.out.pop(id(grant.conn), None) is not None:
-            self.core.shelve(grant, monotonic())  # unless close() took it meanwhile
-
     def timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""
-        core = self.core
         waited = monotonic() - started
-        core.counters.requests_errors += 1
-        core.timeouts += 1
         log.timed_out(self.name, waited)
-        limits = self.settings.describe_limits(timeout, core.max_size)
-        return PoolTimeout(
-            f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
-            f"({limits}, {len(core.waiters)} other callers still waiting)"
-        )
+        limits = self.settings.describe_limits(timeout, self.core.max_size)
+        return self.core.timed_out(waited, limits)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -511,8 +503,8 @@ class ThreadedRunner(Generic[ConnT]):
         started = monotonic()
         conn: Any = None
         try:
-            conn = self.driver.connect()
-            state = self.driver.prepare(conn)
+            conn = self.driver.connect_to(key)
+            state = self.driver.prepare_for(conn, key)
         except BaseException as error:
             if conn is not None:
                 self.driver.dispose(conn)  # a failed prepare (configure) must not leak it
@@ -535,7 +527,7 @@ class ThreadedRunner(Generic[ConnT]):
                 elif lend is not None:
                     core.shelve(entry, now)
         if closed:
-            self.driver.dispose(conn)
+            self.driver.dispose_with(conn, state)
             raise PoolClosed()
         log.opened(self.name)
         if self.observer is not None:
@@ -614,9 +606,9 @@ class ThreadedRunner(Generic[ConnT]):
         self._dispose(doomed)
 
     def _dispose(self, doomed: List[Entry]) -> None:
-        dispose = self.driver.dispose
+        dispose = self.driver.dispose_with
         for entry in doomed:
-            dispose(entry.conn)
+            dispose(entry.conn, entry.state)
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -633,8 +625,7 @@ class ThreadedRunner(Generic[ConnT]):
             now = monotonic()
             self._upkeep_due = now + UPKEEP_INTERVAL
             self._upkeep_wanted = False
-            self.core.sweep(now, self.settings.sweep_batch)
-            leaked = [] if limit is None else self.core.leaks(now, limit)
+            leaked = self.core.upkeep(now, self.settings.sweep_batch, limit)
             ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]
         for age, stack in ages:
             log.leak(self.name, age, limit or 0.0, stack)

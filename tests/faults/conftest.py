@@ -7,7 +7,6 @@ figures land in ``build/reliability.json`` when the session ends.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any, Callable, Dict, Optional
 
@@ -17,7 +16,7 @@ import pytest
 from pgpool_compat.testing import PostgresServer
 from tests.helpers import backend_pids
 
-from .pgbouncer import REQUIRE_ENV, PgBouncer, find_pgbouncer, missing_reason
+from .pgbouncer import PgBouncer, require_pgbouncer
 from .proxy import Proxy
 from .support import IMPLS, Figures, reproduce_command, wait_until
 
@@ -77,10 +76,7 @@ def pgbouncer(pg_dsn: str) -> Iterator[PgBouncer]:
     Gone when the module ends, server connections included: later tests count the shared
     server's backends and must not see PgBouncer's.
     """
-    if find_pgbouncer() is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(missing_reason(), pytrace=False)
-        pytest.skip(missing_reason())
+    require_pgbouncer()
     before = set(backend_pids(pg_dsn))
     with PgBouncer(pg_dsn) as running:
         yield running

@@ -7,7 +7,7 @@ leaving a ``with`` block, or interpreter exit.
 
 Run any test command through PgBouncer (the drop-in and option suites, for instance)::
 
-    python -m tests.faults.pgbouncer -- python -m pytest tests/test_dropin.py
+    .venv/bin/python -m tests.faults.pgbouncer -- .venv/bin/python -m pytest tests/test_dropin.py
 
 starts a throwaway PostgreSQL (or uses ``PGPOOL_TEST_DSN`` as the upstream), puts PgBouncer in
 front of it, and runs the command with ``PGPOOL_TEST_DSN`` pointing at PgBouncer.
@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 import psycopg2
 import psycopg2.extensions
 
-__all__ = ["PGBOUNCER", "PgBouncer", "find_pgbouncer", "missing_reason"]
+__all__ = ["PGBOUNCER", "PgBouncer", "find_pgbouncer", "not_installed", "require_pgbouncer"]
 
 #: Where Debian's ``pgbouncer`` package installs the binary.
 PGBOUNCER = "/usr/sbin/pgbouncer"
@@ -52,11 +52,23 @@ def find_pgbouncer() -> Optional[str]:
     return shutil.which("pgbouncer")
 
 
-def missing_reason() -> str:
+def not_installed() -> str:
+    """One line: PgBouncer is missing, where we looked, how to install it."""
     return (
-        f"pgbouncer is not installed ({PGBOUNCER} missing; Debian/Ubuntu: apt-get install "
-        f"pgbouncer); set {REQUIRE_ENV}=1 to make this a failure"
+        f"pgbouncer is not installed (not at {PGBOUNCER} nor on PATH; "
+        "Debian/Ubuntu: apt-get install pgbouncer)"
     )
+
+
+def require_pgbouncer() -> None:
+    """In a test: skip it when PgBouncer is missing, or fail it when ``REQUIRE_ENV=1`` (CI)."""
+    if find_pgbouncer() is not None:
+        return
+    import pytest
+
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{not_installed()}, and {REQUIRE_ENV}=1 requires it", pytrace=False)
+    pytest.skip(f"{not_installed()}; set {REQUIRE_ENV}=1 to make this a failure")
 
 
 def _die_with_parent() -> None:
@@ -98,7 +110,7 @@ class PgBouncer:
     ) -> None:
         found = binary or find_pgbouncer()
         if found is None:
-            raise FileNotFoundError(missing_reason())
+            raise FileNotFoundError(not_installed())
         self._binary = found
         params = psycopg2.extensions.parse_dsn(upstream_dsn)
         self.upstream_host = params.get("host", "127.0.0.1")
@@ -242,13 +254,16 @@ server_check_delay = 0
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command with ``PGPOOL_TEST_DSN`` pointing at a PgBouncer; see the module doc."""
     parser = argparse.ArgumentParser(
-        prog="python -m tests.faults.pgbouncer",
+        prog=".venv/bin/python -m tests.faults.pgbouncer",
         description="Run a command with PGPOOL_TEST_DSN pointing at PgBouncer "
         "(transaction mode) in front of a throwaway PostgreSQL.",
     )
     parser.add_argument("--pool-mode", default="transaction")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if find_pgbouncer() is None:  # before starting a server it would not use
+        print(f"{parser.prog}: {not_installed()}", file=sys.stderr)
+        return 1
     command = [part for part in args.command if part != "--"] or [
         sys.executable,
         "-m",

@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 import warnings
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import psycopg2
 import psycopg2.extensions
@@ -50,8 +50,9 @@ def closed_port_dsn(pg_dsn: str) -> str:
 
 
 def exception_text(exc: BaseException) -> str:
-    """The exception as a user could ever see it: str, repr, args and the whole traceback."""
-    parts = [str(exc), repr(exc), repr(exc.args)]
+    """The exception as a user could ever see it: str, repr, args, the exceptions chained
+    to it (even suppressed ones) and the whole traceback."""
+    parts = [str(exc), repr(exc), repr(exc.args), repr(exc.__context__), repr(exc.__cause__)]
     parts += traceback.format_exception(type(exc), exc, exc.__traceback__)
     return "\n".join(parts)
 
@@ -293,3 +294,120 @@ def test_discard_isolates_borrowers(impl: str, record: Any, pg_dsn: str, tenant_
             assert survived == []
     finally:
         pool.closeall()
+
+
+# -- issue 10 item 7: every face, fed DSNs that libpq cannot read or refuses ------------------
+
+#: Part of every password below; it must appear nowhere the user can see.
+MARK = "pgpoolSecretQ7"
+
+
+def secret_dsns() -> Dict[str, str]:
+    """Connection strings carrying MARK in their password, none of which can connect: libpq
+    quotes the token it could not parse, or the value it refused."""
+    return {
+        "bad percent escape": f"postgresql://app:p%zz{MARK}@127.0.0.1:1/db",
+        "unquoted space": f"host=127.0.0.1 port=1 password=my {MARK}",
+        "bad port value": f"host=127.0.0.1 port=x{MARK} password={MARK}",
+        "bad sslmode value": f"host=127.0.0.1 port=1 sslmode={MARK} password={MARK}",
+        "refused": f"host=127.0.0.1 port=1 user=postgres password={MARK}",
+    }
+
+
+#: The forms libpq cannot parse at all: ``pool_id`` fails on them too.
+UNPARSABLE = ("bad percent escape", "unquoted space")
+
+
+def _attempts(dsn: str, seen_reprs: List[str]) -> Dict[str, Callable[[], Any]]:
+    """Every face's way of being handed ``dsn``, each expected to fail; the reprs of the
+    pools built on the way go to ``seen_reprs``."""
+    import asyncio
+    import functools
+
+    import pgpool_compat
+    from pgpool_compat import AsyncConnectionPool, ConnectionPool, PoolManager
+    from pgpool_compat.dsn import pool_id
+
+    def lazy(cls: Any) -> Any:
+        pool = cls(0, 2, dsn)
+        seen_reprs.append(repr(pool))
+        return pool.getconn()
+
+    def factory_pool() -> Any:
+        pool = ConnectionPool(functools.partial(psycopg2.connect, dsn), min_size=0, timeout=1)
+        seen_reprs.append(repr(pool))
+        return pool.acquire()
+
+    async def async_pool() -> Any:
+        async with AsyncConnectionPool(
+            functools.partial(psycopg2.connect, dsn), min_size=0, timeout=1
+        ) as pool:
+            seen_reprs.append(repr(pool))
+            return await pool.acquire()
+
+    def manager() -> Any:
+        with PoolManager.connection(dsn, timeout=1) as conn:
+            return conn
+
+    attempts: Dict[str, Callable[[], Any]] = {
+        "ThreadedConnectionPool(1, 2, dsn)": lambda: pgpool_compat.ThreadedConnectionPool(
+            1, 2, dsn
+        ),
+        "SimpleConnectionPool(1, 2, dsn)": lambda: pgpool_compat.SimpleConnectionPool(1, 2, dsn),
+        "ThreadedConnectionPool(dsn, 1, 2) (swapped)": lambda: (
+            pgpool_compat.ThreadedConnectionPool(dsn, 1, 2)
+        ),
+        "SimpleConnectionPool(1, dsn, 2) (swapped)": lambda: (
+            pgpool_compat.SimpleConnectionPool(1, dsn, 2)
+        ),
+        "ThreadedConnectionPool(0, 2, dsn).getconn()": lambda: lazy(
+            pgpool_compat.ThreadedConnectionPool
+        ),
+        "ConnectionPool(factory).acquire()": factory_pool,
+        "ConnectionPool(factory, min_size=1)": lambda: ConnectionPool(
+            functools.partial(psycopg2.connect, dsn), min_size=1
+        ),
+        "AsyncConnectionPool(factory).acquire()": lambda: asyncio.run(
+            asyncio.wait_for(async_pool(), 10)
+        ),
+        "PoolManager.connection(dsn)": manager,
+    }
+    if any(secret_dsns()[form] == dsn for form in UNPARSABLE):
+        attempts["pool_id(dsn)"] = lambda: pool_id(dsn)
+    return attempts
+
+
+def test_every_face_keeps_the_password_out_of_errors_reprs_and_logs(
+    everything_logged: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 7: libpq's parse errors quote the token (``p%zz...``, an unquoted
+    space), its setting checks quote the value, and swapped arguments used to print the DSN
+    in ``minconn must be an integer, got '...'``. Every face (psycopg2 pools, factory pools
+    sync and async, the manager, ``pool_id``, the bench's ``--dsn`` line) shows none of it."""
+    from pgpool_compat import PoolManager
+    from pgpool_compat.bench import cli
+
+    seen = Seen()
+    seen_reprs: List[str] = []
+    try:
+        for form, dsn in secret_dsns().items():
+            for face, attempt in _attempts(dsn, seen_reprs).items():
+                try:
+                    attempt()
+                except Exception as exc:
+                    seen.error(exc)
+                    seen.add("where", f"{form} / {face}: {type(exc).__name__}")
+                else:
+                    pytest.fail(f"{form} / {face}: connected to a port nothing listens on")
+            assert cli.main(["--dsn", dsn, "--quick"]) == 1
+            seen.add("bench", capsys.readouterr())
+        seen.add("report", PoolManager.report())
+    finally:
+        seen.add("shutdown", PoolManager.shutdown())
+    for text in seen_reprs:
+        seen.add("repr", text)
+    for log_record in everything_logged.records:
+        seen.add("log", logging.Formatter("%(levelname)s %(message)s").format(log_record))
+    assert seen.errors >= len(secret_dsns()) * 9  # the search is not vacuous
+    leaks = [text for text in seen.texts if MARK in text]
+    assert not leaks, leaks[0][:800]

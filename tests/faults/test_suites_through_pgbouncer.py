@@ -15,7 +15,6 @@ all ``own_session``: every sequence ends by counting the pools' server sessions 
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .pgbouncer import REQUIRE_ENV, find_pgbouncer, missing_reason
+from .pgbouncer import require_pgbouncer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,10 +47,7 @@ RUN_TIMEOUT = 240
 
 
 def test_dropin_and_option_suites_pass_through_pgbouncer() -> None:
-    if find_pgbouncer() is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(missing_reason(), pytrace=False)
-        pytest.skip(missing_reason())
+    require_pgbouncer()
     command = [
         sys.executable, "-m", "tests.faults.pgbouncer", "--",
         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",

@@ -1,0 +1,125 @@
+"""generic-connection-pool's threading pool (``generic_connection_pool.threading``), on the
+engine's threaded runner: one endpoint is one sub-pool."""
+
+from __future__ import annotations
+
+import abc
+from contextlib import contextmanager
+from typing import Any, Generic, Iterator, Optional
+
+from ...engine.threaded import DEFAULT, ThreadedRunner
+from ...errors import NotBorrowed, PoolClosed, PoolTimeout
+from ._driver import ManagerDriver
+from .common import BaseConnectionPool, ConnectionT, EndpointT, endpoint_size
+from .exceptions import ConnectionPoolClosedError
+
+__all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
+
+
+class BaseConnectionManager(Generic[EndpointT, ConnectionT], abc.ABC):
+    """How to open, close and check connections of an endpoint (subclass it)."""
+
+    @abc.abstractmethod
+    def create(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
+        """Open a new connection to ``endpoint``."""
+
+    @abc.abstractmethod
+    def dispose(
+        self, endpoint: EndpointT, conn: ConnectionT, timeout: Optional[float] = None
+    ) -> None:
+        """Close ``conn``."""
+
+    def check_aliveness(
+        self, endpoint: EndpointT, conn: ConnectionT, timeout: Optional[float] = None
+    ) -> bool:
+        """Whether an idle ``conn`` may be handed out (default: yes)."""
+        return True
+
+    def on_acquire(self, endpoint: EndpointT, conn: ConnectionT) -> None:
+        """Called when ``conn`` is handed out."""
+
+    def on_release(self, endpoint: EndpointT, conn: ConnectionT) -> None:
+        """Called when ``conn`` is given back."""
+
+    def on_connection_dead(self, endpoint: EndpointT, conn: ConnectionT) -> None:
+        """Called instead of ``dispose`` when ``check_aliveness`` said ``conn`` is dead."""
+
+
+class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[EndpointT, ConnectionT]):
+    """A thread-safe pool of connections to many endpoints, made by ``connection_manager``.
+
+    ``acquire(endpoint)`` waits up to ``timeout`` (default ``acquire_timeout``; ``None``: as
+    long as it takes) and raises the builtin ``TimeoutError``; a closed pool raises
+    ``ConnectionPoolClosedError``. Expired and idle connections are closed on release (at most
+    ``dispose_batch_size`` at a time, 0: all) or by a background thread
+    (``background_collector=True``). See ``BaseConnectionPool`` for the size settings.
+    """
+
+    def __init__(
+        self,
+        connection_manager: BaseConnectionManager[EndpointT, ConnectionT],
+        *,
+        acquire_timeout: Optional[float] = None,
+        background_collector: bool = False,
+        dispose_batch_size: int = 0,
+        dispose_timeout: Optional[float] = None,
+        min_idle: int = 1,
+        max_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
+        settings = self._settings(
+            acquire_timeout, background_collector, dispose_batch_size, check="socket"
+        )
+        self._manager = connection_manager
+        self._runner: ThreadedRunner[ConnectionT] = ThreadedRunner(
+            settings, ManagerDriver(connection_manager, dispose_timeout), kind="ConnectionPool"
+        )
+
+    def get_size(self) -> int:
+        return self._runner.size
+
+    def get_endpoint_pool_size(self, endpoint: EndpointT, acquired: Optional[bool] = None) -> int:
+        """Connections of ``endpoint``: all (``None``), borrowed (``True``) or idle (``False``)."""
+        return endpoint_size(self._runner.key_sizes(endpoint), acquired)
+
+    @contextmanager
+    def connection(
+        self, endpoint: EndpointT, timeout: Optional[float] = None
+    ) -> Iterator[ConnectionT]:
+        """``with pool.connection(endpoint) as conn:`` acquires and always releases."""
+        conn = self.acquire(endpoint, timeout=timeout)
+        try:
+            yield conn
+        finally:
+            self.release(conn, endpoint)
+
+    def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
+        """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
+        try:
+            conn = self._runner.acquire(endpoint, DEFAULT if timeout is None else timeout)
+        except PoolTimeout as error:
+            raise TimeoutError(*error.args) from None
+        except PoolClosed:
+            raise ConnectionPoolClosedError("connection pool is closed") from None
+        try:
+            self._manager.on_acquire(endpoint, conn)
+        except BaseException:
+            self._runner.release(conn)
+            raise
+        return conn
+
+    def release(self, conn: ConnectionT, endpoint: EndpointT) -> None:
+        """Give ``conn`` back; ``on_release`` runs first. After ``close()`` it is closed."""
+        try:
+            self._manager.on_release(endpoint, conn)
+        finally:
+            try:
+                self._runner.release(conn)
+            except NotBorrowed:
+                raise RuntimeError("connection not acquired") from None
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Close the idle connections now and refuse new acquires; a borrowed connection is
+        closed when it is released. Never blocks (``timeout`` is accepted for compatibility)."""
+        self._runner.close(close_borrowed=False)

@@ -52,15 +52,15 @@ import psycopg2
 from psycopg2 import extensions
 from psycopg2.pool import PoolError
 
+from .driver import Psycopg2Driver
 from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id, target_name
 from .engine import log
 from .engine.core import SLOT
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _ThreadWaiter
-from .health import Psycopg2Driver
-from .lifecycle import count_setting
 from .options import PoolOptions
+from .settings import check_size
 
 __all__ = [
     "DEFAULT_IDLE_TTL",
@@ -1036,7 +1036,7 @@ class PoolManager:
         ``PoolFullError`` at once, or after waiting up to ``timeout`` seconds, first come
         first served among ``connection()`` callers.
         """
-        count_setting("max_size", max_size, minimum=1)
+        check_size("max_size", max_size, minimum=1)
         _seconds("idle_ttl", idle_ttl)
         if timeout is not None:
             _seconds("timeout", timeout)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from .lifecycle import MAX_SECONDS, seconds_setting
+from .settings import MAX_SECONDS
+from .settings import check_seconds as seconds_setting
 
 __all__ = ["MAX_SECONDS", "CheckSetting", "PoolOptions", "ResetSetting", "split_options"]
 

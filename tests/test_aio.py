@@ -672,8 +672,8 @@ def test_lifetimes_are_jittered_by_at_most_ten_percent() -> None:
             Factory(), min_size=40, max_size=40, max_lifetime=100
         ) as pool:
             # White-box: the records' deadlines are what the jitter is about.
-            idle = pool._runner.core.subpools[None].idle
-            return [entry.expires_at - entry.created_at for entry in idle]
+            entries = pool._runner.core.entries.values()
+            return [entry.expires_at - entry.created_at for entry in entries]
 
     lifetimes = run(body)
     assert all(90.0 <= lifetime <= 100.0 for lifetime in lifetimes)

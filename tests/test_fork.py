@@ -351,7 +351,7 @@ def test_fork_during_reset_keeps_parent_connections(pg_dsn: str) -> None:
 
 def test_child_arms_a_reset_when_a_parent_thread_held_the_watchdog_lock(pg_dsn: str) -> None:
     """A lock held at fork by a thread that does not exist in the child must not hang it."""
-    from pgpool_compat import health
+    from pgpool_compat import driver as health
 
     def child() -> Dict[str, Any]:
         conn = pool.getconn()

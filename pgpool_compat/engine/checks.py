@@ -36,11 +36,14 @@ class CheckPolicy:
         self._suspect_before = -1.0
         self._suspect_marked_at = -1.0
 
-    def passes(self, entry: Entry, now: float, deadline: Optional[float]) -> Tuple[bool, str]:
+    def passes(
+        self, entry: Entry, now: float, deadline: Optional[float], probed: bool = False
+    ) -> Tuple[bool, str]:
         """Run the checkout checks (I/O, no lock held): whether ``entry`` may be lent, and
-        which check failed. A ping waits ``check_timeout`` at most and never past
-        ``deadline``."""
-        probe = self.probe
+        which check failed. The probe is skipped if ``probed`` already (a second poll could
+        say alive: the first consumed what the server sent). A ping waits
+        ``check_timeout`` at most and never past ``deadline``."""
+        probe = None if probed else self.probe
         try:
             if probe is not None and not probe(entry.conn, entry.state):
                 return False, "socket"

@@ -4,11 +4,14 @@ A runner (``threaded``, ``asyncio``) calls it under its own lock or on its loop,
 I/O the decisions call for (connect, probe, reset, dispose) with no lock held, and reports
 the outcome back. The books:
 
-- per key (an endpoint; ``None`` for single-key pools) a ``SubPool``: its idle entries, newest
-  last, and how many connections of that key the pool holds (idle, borrowed, being opened or
-  reset);
-- ``out``: borrowed entries by ``id(conn)`` (identity: a connection is never hashed, tagged or
-  wrapped, and the entry keeps it alive so the id cannot be reused);
+- per key (an endpoint; ``None`` for single-key pools) a ``SubPool``: its idle connections,
+  newest last (the psycopg2 face's ``_pool`` is this very list), and how many connections
+  of that key the pool holds (idle, borrowed, being opened or reset);
+- ``entries``: one ``Entry`` per connection held, by ``id(conn)`` (identity: a connection is
+  never hashed, tagged or wrapped, and the entry keeps it alive so the id cannot be reused);
+- ``out``: the borrowed entries, by ``id(conn)``;
+- ``used`` / ``rused``: the psycopg2 face's checkout-key books (key -> connection,
+  ``id(conn)`` -> key), its ``_used`` and ``_rused``; empty for every other face;
 - ``waiters``: one first-come-first-served queue; a waiter's ``offer()`` says whether it took
   what it was offered, so one that timed out in the same instant is simply skipped;
 - ``doomed``: entries to dispose, which the runner closes once its lock is released.
@@ -28,7 +31,7 @@ from ..errors import (
     PoolTimeout,
 )
 from ..settings import Settings
-from .entry import Entry
+from .entry import UNPREPARED, Entry
 from .stats import Counters, Figures
 
 __all__ = ["SLOT", "Core", "Grant", "Slot", "SubPool", "Waiter"]
@@ -71,7 +74,7 @@ class SubPool:
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
-        self.idle: List[Entry] = []
+        self.idle: List[Any] = []  # connections; their entries are in Core.entries
         self.size = 0  # idle + borrowed + being opened or reset, of this key
         self.opening = 0  # reserved slots whose connection is not open yet
 
@@ -95,6 +98,8 @@ class Core:
         self.subpools: Dict[Hashable, SubPool] = {}
         self.entries: Dict[int, Entry] = {}  # every connection held, by id(conn)
         self.out: Dict[int, Entry] = {}  # borrowed, by id(conn)
+        self.used: Dict[Hashable, Any] = {}  # psycopg2 checkout key -> connection
+        self.rused: Dict[int, Hashable] = {}  # id(conn) -> psycopg2 checkout key
         self.inherited: Dict[int, Any] = {}  # borrowed when the process forked, by id
         self.size = 0  # connections held over all keys, incl. slots being opened
         self.opening = 0
@@ -114,8 +119,10 @@ class Core:
         if sub is None:
             return None
         idle = sub.idle
+        entries = self.entries
         while idle:
-            entry = idle.pop() if self.lifo else idle.pop(0)
+            conn = idle.pop() if self.lifo else idle.pop(0)
+            entry = entries.get(id(conn)) or self._adopt_stray(conn, sub, now)
             if self.may_go_stale and self._stale(entry, now, len(idle) + 1):
                 self._doom(entry, sub)
                 self.offer_slot()
@@ -125,16 +132,22 @@ class Core:
             return entry
         return None
 
-    def reserve(self, key: Hashable, *, evict: bool = True) -> bool:
-        """Count a slot for a new connection of ``key`` if both caps allow it. At the total
-        cap, the oldest idle connection of another key is doomed to make room (``evict``)."""
+    def subpool(self, key: Hashable) -> SubPool:
+        """The sub-pool of ``key``, made empty on first use."""
         sub = self.subpools.get(key)
         if sub is None:
             sub = self.subpools[key] = SubPool(key)
-        if sub.size >= self.max_size:
+        return sub
+
+    def reserve(self, key: Hashable, *, evict: bool = True, force: bool = False) -> bool:
+        """Count a slot for a new connection of ``key`` if both caps allow it (or ``force``).
+        At the total cap, the oldest idle connection of another key is doomed to make room
+        (``evict``)."""
+        sub = self.subpool(key)
+        if sub.size >= self.max_size and not force:
             return False
         at_total_cap = self.total_max_size is not None and self.size >= self.total_max_size
-        if at_total_cap and not (evict and self._evict_idle(key)):
+        if at_total_cap and not force and not (evict and self._evict_idle(key)):
             return False
         sub.size += 1
         sub.opening += 1
@@ -233,7 +246,19 @@ class Core:
             self.drop(entry)
             return
         entry.idle_since = now
-        sub.idle.append(entry)
+        sub.idle.append(entry.conn)
+
+    def add_idle(self, entry: Entry, now: float) -> None:
+        """Put a new connection idle whatever the cap (psycopg2.pool's ``_connect``)."""
+        entry.idle_since = now
+        self.subpools[entry.key].idle.append(entry.conn)
+
+    def keeps(self, entry: Entry) -> bool:
+        """Whether ``shelve`` would keep ``entry`` now (a waiter, or room under the idle cap)."""
+        if self.waiters:
+            return True
+        cap = self.max_size if self.idle_cap is None else self.idle_cap
+        return len(self.subpools[entry.key].idle) + self.settling < cap
 
     def drop(self, entry: Entry) -> None:
         """Doom a connection that is neither idle nor borrowed; its slot goes to a waiter."""
@@ -261,7 +286,7 @@ class Core:
         taken: List[Entry] = []
         for sub in subs:
             if sub is not None:
-                taken += sub.idle
+                taken += [self._entry_of(conn, sub) for conn in sub.idle]
                 sub.idle.clear()  # in place: the list object is the sub-pool's for good
         self.settling += len(taken)
         return taken
@@ -274,15 +299,16 @@ class Core:
             return
         dropped = 0
         for sub in self.subpools.values():
-            keep: List[Entry] = []
+            keep: List[Any] = []
             idle = sub.idle
-            for position, entry in enumerate(idle):
+            for position, conn in enumerate(idle):
+                entry = self._entry_of(conn, sub)
                 left = len(idle) - position  # this one and the newer ones
                 if (not batch or dropped < batch) and self._stale(entry, now, len(keep) + left):
                     self._doom(entry, sub)
                     dropped += 1
                 else:
-                    keep.append(entry)
+                    keep.append(conn)
             idle[:] = keep
         for _ in range(dropped):
             self.offer_slot()
@@ -316,13 +342,16 @@ class Core:
                 found.append(entry)
         return found
 
-    def close(self, close_borrowed: bool) -> None:
-        """Doom the idle connections (and the borrowed ones if asked); fail every waiter."""
+    def close(self, close_borrowed: bool, keep_books: bool = False) -> None:
+        """Doom the idle connections (and the borrowed ones if asked); fail every waiter.
+        ``keep_books``: the idle lists and checkout-key books stay as they were (closed
+        connections in them), as psycopg2.pool's ``closeall()`` leaves them."""
         self.closed = True
         for sub in self.subpools.values():
-            for entry in sub.idle:
-                self._doom(entry, sub)
-            sub.idle.clear()
+            for conn in sub.idle:
+                self._doom(self._entry_of(conn, sub), sub)
+            if not keep_books:
+                sub.idle.clear()
         if close_borrowed:
             for entry in self.out.values():
                 self._doom(entry, self.subpools[entry.key])
@@ -335,9 +364,13 @@ class Core:
         """In a forked child: drop every book without closing anything (the connections
         are the parent's); borrowed ones are remembered so returning one is a no-op."""
         self.inherited.update((key, entry.conn) for key, entry in self.out.items())
-        self.subpools.clear()
+        for sub in self.subpools.values():
+            sub.idle.clear()  # in place: a face may hold these lists (psycopg2's _pool)
+            sub.size = sub.opening = 0
         self.entries.clear()
         self.out.clear()
+        self.used.clear()
+        self.rused.clear()
         self.waiters.clear()
         self.doomed.clear()
         self.size = self.opening = self.settling = 0
@@ -437,9 +470,24 @@ class Core:
         for sub in self.subpools.values():
             if sub.key == key or not sub.idle:
                 continue
-            if oldest is None or sub.idle[0].idle_since < oldest.idle[0].idle_since:
+            if oldest is None or self._idle_since(sub) < self._idle_since(oldest):
                 oldest = sub
         if oldest is None:
             return False
-        self._doom(oldest.idle.pop(0), oldest)
+        self._doom(self._entry_of(oldest.idle.pop(0), oldest), oldest)
         return True
+
+    def _idle_since(self, sub: SubPool) -> float:
+        return self._entry_of(sub.idle[0], sub).idle_since
+
+    def _entry_of(self, conn: Any, sub: SubPool) -> Entry:
+        return self.entries.get(id(conn)) or self._adopt_stray(conn, sub, 0.0)
+
+    def _adopt_stray(self, conn: Any, sub: SubPool, now: float) -> Entry:
+        """An idle connection the engine did not open (code that appends to psycopg2's
+        ``_pool`` itself): counted from now on, its driver state made on first use."""
+        entry = Entry(conn, UNPREPARED, sub.key, now, self.max_lifetime)
+        self.entries[id(conn)] = entry
+        sub.size += 1
+        self.size += 1
+        return entry

@@ -17,6 +17,7 @@ __all__ = [
     "keeper_failed",
     "leak",
     "logger",
+    "opened",
     "reconnected",
     "reset_failed",
     "timed_out",
@@ -73,6 +74,10 @@ def leak(name: str, age: float, limit: float, stack: Optional[List[str]]) -> Non
         limit,
         "".join(stack or ["(stack not captured)\n"]),
     )
+
+
+def opened(name: str) -> None:
+    logger.debug("%s: opened a connection", name)
 
 
 def closed(name: str) -> None:

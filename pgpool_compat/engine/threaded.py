@@ -72,24 +72,34 @@ class _ThreadWaiter(Waiter):
 class ThreadedRunner(Generic[ConnT]):
     """One pool's engine for threads. See ENGINE_API.md for the verbs."""
 
-    def __init__(self, settings: Settings, driver: Driver[ConnT], *, kind: str = "pool") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        driver: Driver[ConnT],
+        *,
+        kind: str = "pool",
+        reentrant: bool = False,
+    ) -> None:
         self.settings = settings
         self.driver = driver
         self.kind = kind
         self.name = settings.name or f"pool-{id(self):x}"
         self.core = Core(settings)
         self.observer: Optional[Observer] = None
-        self._lock = threading.Lock()
+        # Reentrant for the psycopg2 face, whose subclasses call in holding ``_lock``.
+        self._lock: Any = threading.RLock() if reentrant else threading.Lock()
         self._checks = CheckPolicy(settings, driver, self.name)
         self._return_state = driver.return_state
         self._capture_stacks = settings.leak_timeout is not None
         self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
+        self._upkeep_wanted = False  # due, noticed under the lock: run once it is released
+        self.unlogged_losses = 0
         self._keeper: Optional[_Keeper] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
         register(self)
         if settings.background:
-            self._start_keeper()
+            self.start_keeper()
 
     @property
     def closed(self) -> bool:
@@ -111,28 +121,35 @@ class ThreadedRunner(Generic[ConnT]):
             now = monotonic()
             upkeep = self._needs_upkeep and now >= self._upkeep_due
             entry = core.take_idle(key, now)
+            doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
+            if doomed:
+                core.doomed = []
         finally:
             lock.release()
-        if upkeep or core.doomed:
+        if doomed:
+            self._dispose(doomed)
+        if upkeep:
             self._tidy(upkeep)
         if entry is not None:
             # Hot path: the socket probe inline, the policy object only for slow checks.
             probe = self._checks.probe
-            if not self._checks.slow and (probe is None or probe(entry.conn, entry.state)):
+            if probe is not None and not probe(entry.conn, entry.state):
+                self._lost(entry, now, "socket")  # probed once: a second probe could lie
+            elif not self._checks.slow:
                 if self._capture_stacks:
                     entry.capture_stack()
                 if self.observer is not None:  # every checkout served, queued or not
                     self.observer.waited(self.name, monotonic() - now)
                 conn: ConnT = entry.conn
                 return conn
-            if not self._validate(entry, now, None):
-                entry = None
-        if entry is None:
-            if timeout is DEFAULT:
-                timeout = self.settings.timeout
-            conn = self._acquire_slow(key, timeout, now)
-        else:
-            conn = entry.conn
+            elif self._validate(entry, now, None, probed=True):
+                conn = entry.conn
+                if self.observer is not None:
+                    self.observer.waited(self.name, monotonic() - now)
+                return conn
+        if timeout is DEFAULT:
+            timeout = self.settings.timeout
+        conn = self._acquire_slow(key, timeout, now)
         if self.observer is not None:
             self.observer.waited(self.name, monotonic() - now)
         return conn
@@ -151,27 +168,74 @@ class ThreadedRunner(Generic[ConnT]):
                 if core.inherited.pop(id(conn), None) is not None:
                     return  # borrowed before a fork: the parent's, never closed here
                 entry = core.take_back(conn)  # raises NotBorrowed, worded once in the core
-            now = monotonic()
-            used = now - entry.checked_out_at
-            core.counters.usage_ms += used * 1000.0
-            state = None if discard else self._return_state(conn)
-            if state is None:
-                if not discard:
-                    core.counters.returns_bad += 1
-                core.drop(entry)
-            elif state:
-                core.hold(entry)
-            else:
-                core.shelve(entry, now)
-            upkeep = self._needs_upkeep and now >= self._upkeep_due
+            state = self.returned(entry, discard)
+            doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
+            if doomed:
+                core.doomed = []
         finally:
             lock.release()
-        if upkeep or core.doomed:
-            self._tidy(upkeep)
+        # Hot path: the call only when there is something to do after the lock round.
+        if doomed or state or self._upkeep_wanted or self.observer is not None:
+            self.after_return(entry, state, doomed)
+
+    def returned(self, entry: Entry, discard: bool) -> Optional[bool]:
+        """(Lock held) Book the return of a borrowed entry, off ``out`` already: shelved,
+        dropped, or held for a reset (the state returned: True means ``after_return`` resets
+        it)."""
+        core = self.core
+        now = monotonic()
+        core.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
+        state = None if discard else self._return_state(entry.conn)
+        if state is None:
+            if not discard:
+                core.counters.returns_bad += 1
+            core.drop(entry)
+        elif state and core.keeps(entry):
+            core.hold(entry)
+        elif state:
+            state = None  # not kept anyway (idle cap): closed without a useless reset
+            core.drop(entry)
+        else:
+            core.shelve(entry, now)
+        if self._needs_upkeep and now >= self._upkeep_due:
+            self._upkeep_due = now + UPKEEP_INTERVAL
+            self._upkeep_wanted = True
+        return state
+
+    def after_return(self, entry: Entry, state: Optional[bool], doomed: List[Entry]) -> None:
+        """The I/O of a return, lock released: close the doomed, upkeep, reset."""
+        if doomed:
+            self._dispose(doomed)
+        if self._upkeep_wanted:
+            self._tidy(True)
         if state:
             self._settle(entry)
         if self.observer is not None:
-            self.observer.used(self.name, used)
+            self.observer.used(self.name, monotonic() - entry.checked_out_at)
+
+    def lend_idle_probed(self, key: Hashable, now: float) -> Optional[Entry]:
+        """(Lock held) Lend an idle connection of ``key`` that passes the socket probe, run
+        here under the lock (a zero-timeout poll, no round trip): the psycopg2 face's
+        one-lock-round checkout. Dead ones are counted and doomed; ``log_losses()`` logs
+        them once the lock is released."""
+        core = self.core
+        probe = self._checks.probe
+        while True:
+            entry = core.take_idle(key, now)
+            if entry is None or probe is None or probe(entry.conn, entry.state):
+                return entry
+            self._checks.lost(entry, now)
+            core.counters.connections_lost += 1
+            del core.out[id(entry.conn)]
+            core.drop(entry)
+            self.unlogged_losses += 1
+
+    def log_losses(self) -> None:
+        """Log the dead connections ``lend_idle_probed`` dropped (lock released)."""
+        with self._lock:
+            lost, self.unlogged_losses = self.unlogged_losses, 0
+        for _ in range(lost):
+            log.dead_dropped(self.name, "socket")
 
     # -- other verbs -----------------------------------------------------------------------
 
@@ -214,13 +278,38 @@ class ThreadedRunner(Generic[ConnT]):
         self._dispose_doomed()
         return len(batch)
 
-    def close(self, close_borrowed: bool = True) -> None:
+    def take_idle(self, key: Hashable = None) -> Optional[ConnT]:
+        """Lend an idle connection of ``key`` that passes the checks, or return None at once
+        (never opens one: the psycopg2 face opens through a subclass's ``_connect``)."""
+        while True:
+            with self._lock:
+                if self.core.closed:
+                    raise PoolClosed()
+                now = monotonic()
+                entry = self.core.take_idle(key, now)
+            if self.core.doomed:
+                self._dispose_doomed()
+            if entry is None:
+                return None
+            if self._validate(entry, now, None):
+                return entry.conn  # type: ignore[no-any-return]
+
+    def open_unbooked(self, key: Hashable = None) -> Entry:
+        """Open a connection now, over the caps if need be, and return its entry, counted
+        but neither idle nor lent (psycopg2.pool's ``_connect``, which books it itself)."""
+        with self._lock:
+            if self.core.closed:
+                raise PoolClosed()
+            self.core.reserve(key, evict=False, force=True)
+        return self._open(key, lend=None)
+
+    def close(self, close_borrowed: bool = True, keep_books: bool = False) -> None:
         """Close the idle connections (and the borrowed ones, unless told not to), fail
-        the waiters, stop the keeper. Idempotent."""
+        the waiters, stop the keeper. Idempotent. ``keep_books``: see ``Core.close``."""
         with self._lock:
             if self.core.closed:
                 return
-            self.core.close(close_borrowed)
+            self.core.close(close_borrowed, keep_books)
             keeper, self._keeper = self._keeper, None
         unregister(self)
         if keeper is not None:
@@ -287,12 +376,17 @@ class ThreadedRunner(Generic[ConnT]):
                     raise PoolClosed()
                 now = monotonic()
                 entry = core.take_idle(key, now)
+                wait_until = deadline
                 if entry is None:
                     if core.reserve(key):
                         reserved = True
-                    elif deadline is not None and now >= deadline:
-                        raise self._timed_out(started, timeout)
                     else:
+                        if deadline is not None and now >= deadline:
+                            if not core.settling:
+                                raise self.timed_out(started, timeout)
+                            # Out of time, but a return is being reset: idle in a moment
+                            # (the reset is bounded), as if the returning thread held the lock.
+                            wait_until = now + self.settings.check_timeout
                         waiter = _ThreadWaiter(key, now)
                         core.enqueue(waiter)
                         core.counters.requests_queued += 1
@@ -301,34 +395,46 @@ class ThreadedRunner(Generic[ConnT]):
             if reserved:
                 return self._open_lent(key)
             if waiter is not None:
-                grant = self._wait(waiter, deadline, started, timeout)
+                grant = self._wait(waiter, wait_until, started, timeout)
                 if grant is SLOT:
                     return self._open_lent(key)
                 assert isinstance(grant, Entry)
                 entry = grant
             assert entry is not None
-            # Pings here spend the caller's timeout: stalled connections in a row must not
-            # make acquire wait past it.
-            if self._validate(entry, now, deadline):
+            # Pings here spend the caller's timeout (if it has one: 0 means do not queue):
+            # stalled connections in a row must not make acquire wait past it.
+            if self._validate(entry, now, deadline if timeout else None):
                 return entry.conn  # type: ignore[no-any-return]
 
-    def _validate(self, entry: Entry, now: float, deadline: Optional[float]) -> bool:
-        """Run the checkout checks on a lent entry (no lock held); drop it if it fails."""
+    def _validate(
+        self, entry: Entry, now: float, deadline: Optional[float], probed: bool = False
+    ) -> bool:
+        """Run the checkout checks on a lent entry (no lock held; the socket probe unless
+        ``probed`` already); drop it if it fails."""
         try:
-            alive, how = self._checks.passes(entry, now, deadline)
+            alive, how = self._checks.passes(entry, now, deadline, probed)
         except BaseException:  # KeyboardInterrupt mid-ping: state unknown, close it
             self._drop_lent(entry)
             raise
         if alive:
+            if self._checks.slow:  # the check did I/O: close() may have taken it meanwhile
+                with self._lock:
+                    if id(entry.conn) not in self.core.out:
+                        self.core.counters.requests_errors += 1
+                        raise PoolClosed()
             if self._capture_stacks:
                 entry.capture_stack()
             return True
+        self._lost(entry, now, how)
+        return False
+
+    def _lost(self, entry: Entry, now: float, how: str) -> None:
+        """A lent entry failed its check (``how``): counted, dropped, closed."""
         self._checks.lost(entry, now)
         with self._lock:
             self.core.counters.connections_lost += 1
         self._drop_lent(entry)
         log.dead_dropped(self.name, how)
-        return False
 
     def _drop_lent(self, entry: Entry) -> None:
         with self._lock:
@@ -363,7 +469,7 @@ class ThreadedRunner(Generic[ConnT]):
             if grant is None:
                 waiter.gave_up = True
                 core.withdraw(waiter)
-                error = self._timed_out(started, timeout)
+                error = self.timed_out(started, timeout)
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
@@ -376,7 +482,7 @@ class ThreadedRunner(Generic[ConnT]):
         assert grant is not None
         return grant
 
-    def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
+    def timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:
         """Count and log a checkout out of time; the error to raise (lock held)."""
         waited = monotonic() - started
         log.timed_out(self.name, waited)
@@ -397,8 +503,9 @@ class ThreadedRunner(Generic[ConnT]):
             entry.capture_stack()
         return entry.conn  # type: ignore[no-any-return]
 
-    def _open(self, key: Hashable, lend: bool) -> Entry:
-        """Connect and prepare in a reserved slot; the entry is lent or shelved."""
+    def _open(self, key: Hashable, lend: Optional[bool]) -> Entry:
+        """Connect and prepare in a reserved slot; the entry is lent (True), shelved (False)
+        or left to the caller, counted but on no list (None)."""
         core = self.core
         started = monotonic()
         conn: Any = None
@@ -426,13 +533,14 @@ class ThreadedRunner(Generic[ConnT]):
                 core.counters.connections_ms += (now - started) * 1000.0
                 if lend:
                     core.lend(entry, now)
-                else:
+                elif lend is not None:
                     core.shelve(entry, now)
         if closed:
             self.driver.dispose_with(conn, state)
             raise PoolClosed()
         if failures:
             log.reconnected(self.name, failures)
+        log.opened(self.name)
         if self.observer is not None:
             self.observer.created(self.name, now - started)
         return entry
@@ -506,6 +614,9 @@ class ThreadedRunner(Generic[ConnT]):
         """Close what the core doomed (lock released)."""
         with self._lock:
             doomed, self.core.doomed = self.core.doomed, []
+        self._dispose(doomed)
+
+    def _dispose(self, doomed: List[Entry]) -> None:
         dispose = self.driver.dispose_with
         for entry in doomed:
             dispose(entry.conn, entry.state)
@@ -524,6 +635,7 @@ class ThreadedRunner(Generic[ConnT]):
         with self._lock:
             now = monotonic()
             self._upkeep_due = now + UPKEEP_INTERVAL
+            self._upkeep_wanted = False
             leaked = self.core.upkeep(now, self.settings.sweep_batch, limit)
             ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]
         for age, stack in ages:
@@ -552,17 +664,20 @@ class ThreadedRunner(Generic[ConnT]):
                         self.core.abandon(other)
                 raise
 
-    def _start_keeper(self) -> None:
+    def start_keeper(self) -> None:
+        """Start the background keeper (``background=True`` does at construction)."""
         self._keeper = _Keeper(self)
         self._keeper.start()
 
     def _after_fork_in_child(self) -> None:
         """Forget what the parent owns, without closing it: closing would end its sessions."""
-        self._lock = threading.Lock()  # a parent thread may have held it at fork time
+        # A parent thread may have held it at fork time. Re-initialised in place: the psycopg2
+        # face's subclasses hold this very object as ``_lock``.
+        self._lock._at_fork_reinit()
         self.core.forget_all()
-        self._keeper = None
-        if self.settings.background and not self.core.closed:
-            self._start_keeper()
+        had_keeper, self._keeper = self._keeper is not None, None
+        if had_keeper and not self.core.closed:  # the parent's thread does not exist here
+            self.start_keeper()
 
 
 class _Maintained(Protocol):

@@ -10,8 +10,8 @@ import asyncio
 import logging
 from typing import Any, Hashable, Optional
 
+from ...driver import Driver
 from ...driver_async import AsyncDriver
-from ...health import Driver
 
 __all__ = ["AsyncManagerDriver", "ConnectionState", "ManagerDriver"]
 

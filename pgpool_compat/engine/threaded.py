@@ -79,6 +79,7 @@ class ThreadedRunner(Generic[ConnT]):
         *,
         kind: str = "pool",
         reentrant: bool = False,
+        metrics_label: Optional[str] = None,
     ) -> None:
         self.settings = settings
         self.driver = driver
@@ -86,6 +87,8 @@ class ThreadedRunner(Generic[ConnT]):
         self.name = settings.name or f"pool-{id(self):x}"
         self.core = Core(settings)
         self.observer: Optional[Observer] = None
+        #: What metrics call this pool; None: its name (a face may name its server instead).
+        self.metrics_label = metrics_label
         # Reentrant for the psycopg2 face, whose subclasses call in holding ``_lock``.
         self._lock: Any = threading.RLock() if reentrant else threading.Lock()
         self._checks = CheckPolicy(settings, driver, self.name)

@@ -661,3 +661,18 @@ def test_timing_keeps_a_patched_method_and_holds_the_pool_weakly(pg_dsn: str) ->
     finally:
         metrics.uninstrument()
         provider.shutdown()
+
+
+def test_observe_alone_records_a_psycopg2_face(pg_dsn: str, pools: List[Any]) -> None:
+    """The bench's "metrics on" row: observing one psycopg2 pool reaches its engine."""
+    name = unique("alone")
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_name=name)
+    pools.append(pool)
+    reader = metrics.observe_alone(pool)
+    try:
+        pool.putconn(pool.getconn())
+        reading = Reading(reader)
+        assert reading.value("db.client.connection.wait_time", name).count == 1
+        assert reading.value("db.client.connection.use_time", name).count == 1
+    finally:
+        pool.observer = None

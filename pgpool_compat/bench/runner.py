@@ -196,7 +196,9 @@ def _rows(
         if "ns_per_op" in metrics:  # the same figure, inverted
             metrics["ns_per_op"] = 1e9 / ops if ops else None
         rows.append(Row(spec.key, spec.label, metrics, len(kept)))
-    _add_ratios(rows, rounds, specs, scenario.rate_quantile)
+    # Where more rounds cannot settle a ratio (its ops/s follow the machine's connect or restart
+    # times), no round count makes it one to stand behind: it is always shown as noisy.
+    _add_ratios(rows, rounds, specs, scenario.rate_quantile, trusted=scenario.more_rounds_help)
     return rows
 
 
@@ -245,7 +247,12 @@ def _group_round(
 
 
 def _add_ratios(
-    rows: List[Row], rounds: Sequence[Round], specs: Sequence[PoolSpec], fraction: float
+    rows: List[Row],
+    rounds: Sequence[Round],
+    specs: Sequence[PoolSpec],
+    fraction: float,
+    *,
+    trusted: bool = True,
 ) -> None:
     """``vs_stock``: ops/s over stock psycopg2.pool's (above 1 is faster); ``vs_held`` where a
     held connection, the limit of any pool, ran in the same scenario. Each comes with its
@@ -272,5 +279,5 @@ def _add_ratios(
             row.metrics[name] = None if ratio is None else ratio.value
             row.metrics[f"{name}_low"] = None if ratio is None else ratio.low
             row.metrics[f"{name}_high"] = None if ratio is None else ratio.high
-            if ratio is not None and not ratio.settled and row.key != reference:
+            if ratio is not None and not (ratio.settled and trusted) and row.key != reference:
                 row.noisy.append(name)

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Protocol
 
 from .engine.stats import Figures
-from .settings import Settings, check_callable, check_flag, check_seconds, check_size
+from .settings import (
+    Settings,
+    check_callable,
+    check_flag,
+    check_name,
+    check_seconds,
+    check_sizes,
+)
 
 __all__ = ["FactoryFace", "factory_settings", "prefill_count"]
 
@@ -27,16 +34,11 @@ def factory_settings(
     check_timeout: Any = 5.0,
 ) -> Settings:
     """One ``Settings`` from a factory pool's keywords; each error names the keyword."""
-    check_size("min_size", min_size)
-    check_size("max_size", max_size, minimum=1)
-    if min_size > max_size:
-        raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    check_sizes("min_size", min_size, "max_size", max_size)
     bound = check_seconds("check_timeout", check_timeout, allow_zero=False, allow_none=False)
     assert bound is not None  # allow_none=False
     return Settings(
-        name=name,
+        name=check_name("name", name),
         min_size=min_size,
         max_size=max_size,
         timeout=check_seconds("timeout", timeout, allow_zero=True),

@@ -59,8 +59,7 @@ from .engine import log
 from .engine.core import SLOT
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _ThreadWaiter
-from .options import PoolOptions
-from .settings import check_size
+from .settings import PoolOptions, check_seconds, check_size
 
 __all__ = [
     "DEFAULT_IDLE_TTL",
@@ -778,12 +777,9 @@ class Pool:
 
 
 def _seconds(name: str, value: Any) -> None:
-    """Validate a duration of ``PoolManager.connection``: a number >= 0 (``inf`` is allowed,
-    as queries allows any TTL), naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    """Validate a duration of ``PoolManager.connection``: a number >= 0 with no upper bound
+    (``inf`` is allowed, as queries allows any TTL), naming it in the error."""
+    check_seconds(name, value, allow_zero=True, allow_none=False, maximum=math.inf)
 
 
 def _shut_down(pid: str, pool: Pool) -> int:

@@ -15,7 +15,7 @@ from ..driver_async import AsyncFactoryDriver
 from ..engine.asyncio import AsyncRunner
 from ..engine.threaded import ThreadedRunner
 from ..errors import PoolTimeout
-from ..settings import Settings, check_callable, check_seconds, check_size
+from ..settings import Settings, check_callable, check_seconds, check_sizes
 
 __all__ = ["AsyncConnectionPool", "ConnectionPool", "PoolTimeoutError"]
 
@@ -30,10 +30,7 @@ class PoolTimeoutError(PoolTimeout):
 def _settings(min_size: Any, max_size: Any, timeout: Any, *, lifo: bool) -> Settings:
     """nextorm's keywords as engine settings; errors name ``min_size`` / ``max_size`` /
     ``timeout``."""
-    check_size("min_size", min_size)
-    check_size("max_size", max_size, minimum=1)
-    if min_size > max_size:
-        raise ValueError(f"min_size ({min_size}) must be at most max_size ({max_size})")
+    check_sizes("min_size", min_size, "max_size", max_size)
     return Settings(
         min_size=min_size,
         max_size=max_size,

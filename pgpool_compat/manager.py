@@ -33,6 +33,7 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import (
     Any,
@@ -360,6 +361,18 @@ class _Lease:
 
     def __init__(self) -> None:
         self.started = time.monotonic()  # for the wait time and the timeout's log line
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One ``PoolManager.connection()`` call: which pool, for which lease, until when. Never
+    the DSN, which may hold a password: it is passed along, never kept."""
+
+    pid: str
+    lease: _Lease
+    max_size: int
+    idle_ttl: float
+    deadline: Optional[float]
 
 
 # -- Connection ----------------------------------------------------------------------------
@@ -1039,7 +1052,7 @@ class PoolManager:
         pid = pool_id(dsn)
         lease = _Lease()
         deadline = None if timeout is None else lease.started + timeout
-        pool, handle = cls._checkout(pid, dsn, lease, max_size, idle_ttl, deadline)
+        pool, handle = cls._checkout(dsn, _Request(pid, lease, max_size, idle_ttl, deadline))
         observer = pool.observer
         checked_out_at = time.monotonic()
         if observer is not None:
@@ -1117,19 +1130,12 @@ class PoolManager:
                     logger.exception("%s: cleaning failed", pool.name)
 
     @classmethod
-    def _checkout(
-        cls,
-        pid: str,
-        dsn: str,
-        lease: _Lease,
-        max_size: int,
-        idle_ttl: float,
-        deadline: Optional[float],
-    ) -> Tuple[Pool, Any]:
-        """Take or open a connection of pool ``pid`` for ``lease``; the connect happens
-        with the lock released, on a slot reserved beforehand."""
+    def _checkout(cls, dsn: str, request: _Request) -> Tuple[Pool, Any]:
+        """Take or open a connection of pool ``request.pid`` for its lease; the connect
+        happens with the lock released, on a slot reserved beforehand."""
+        pid, lease = request.pid, request.lease
         while True:
-            pool, handle = cls._take_turn(pid, dsn, lease, max_size, idle_ttl, deadline)
+            pool, handle = cls._take_turn(dsn, request)
             if handle is not None:
                 return pool, handle
             connect_started = time.monotonic()
@@ -1152,24 +1158,18 @@ class PoolManager:
             _DRIVER.dispose(handle)
 
     @classmethod
-    def _take_turn(
-        cls,
-        pid: str,
-        dsn: str,
-        lease: _Lease,
-        max_size: int,
-        idle_ttl: float,
-        deadline: Optional[float],
-    ) -> Tuple[Pool, Any]:
-        """In arrival order: an idle connection locked to ``lease``, or a reserved slot
-        (``None`` handle), or ``PoolFullError`` once ``deadline`` has passed. A caller that
-        must wait queues and sleeps until a free or a removal serves it."""
+    def _take_turn(cls, dsn: str, request: _Request) -> Tuple[Pool, Any]:
+        """In arrival order: an idle connection locked to the request's lease, or a reserved
+        slot (``None`` handle), or ``PoolFullError`` once its deadline has passed. A caller
+        that must wait queues and sleeps until a free or a removal serves it."""
+        pid, lease, deadline = request.pid, request.lease, request.deadline
         while True:
             with cls._lock:
                 pool = cls._pools.get(pid)
                 if pool is None:
                     name = target_name((libpq_dsn(dsn),), {})
-                    pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size, name=name)
+                    pool = Pool(pid, request.idle_ttl, request.max_size, name=name)
+                    cls._pools[pid] = pool
                 if not pool._waiters:  # never past those already waiting
                     pool.clean()
                     handle = pool._take_idle(lease)

@@ -25,7 +25,7 @@ _RUNNER = (
     "from pgpool_compat.engine.threaded import ThreadedRunner; "
     "from pgpool_compat.settings import Settings; "
     "from pgpool_compat.driver import Psycopg2Driver; "
-    "from pgpool_compat.options import PoolOptions; "
+    "from pgpool_compat.settings import PoolOptions; "
     "p = ThreadedRunner(Settings(min_size=1, max_size=4, timeout=0{extra}), "
     "Psycopg2Driver((dsn,), {{}}, PoolOptions())); p.prefill()"
 )

@@ -15,8 +15,8 @@ from typing import AsyncIterator, Awaitable, Callable, Generic, Optional, Type, 
 from .driver_async import AsyncFactoryDriver, Hook
 from .engine.asyncio import AsyncRunner
 from .errors import PoolClosed
-from .factory_face import FactoryFace, factory_settings, prefill_count
-from .settings import check_callable, check_seconds
+from .factory_face import FactoryFace, factory_parts, prefill_count
+from .settings import check_seconds
 
 __all__ = ["AsyncConnectionPool"]
 
@@ -65,25 +65,7 @@ class AsyncConnectionPool(FactoryFace, Generic[ConnT]):
         lifo: bool = True,
         name: Optional[str] = None,
     ) -> None:
-        settings = factory_settings(
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            check=check,
-            check_timeout=check_timeout,
-            max_idle=max_idle,
-            max_lifetime=max_lifetime,
-            leak_timeout=leak_timeout,
-            background=background,
-            lifo=lifo,
-            name=name,
-        )
-        driver: AsyncFactoryDriver[ConnT] = AsyncFactoryDriver(
-            check_callable("async_factory", async_factory, required=True),
-            releaser=check_callable("releaser", releaser),
-            reset=check_callable("reset", reset),
-            configure=check_callable("configure", configure),
-        )
+        settings, driver = factory_parts(AsyncFactoryDriver[ConnT], "async_factory", locals())
         self._runner: AsyncRunner[ConnT] = AsyncRunner(settings, driver, kind=type(self).__name__)
 
     # -- borrowing -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from psycopg2 import extensions
 
 from .dsn import call_without_secrets
 from .dsn import connect as connect_without_secrets
-from .options import PoolOptions
+from .settings import PoolOptions
 
 __all__ = [
     "ConnT",

@@ -14,8 +14,7 @@ from typing import Any, Callable, Generic, Iterator, Optional, TypeVar
 from .driver import FactoryDriver
 from .engine.threaded import ThreadedRunner
 from .errors import PoolClosed
-from .factory_face import FactoryFace, factory_settings, prefill_count
-from .settings import check_callable
+from .factory_face import FactoryFace, factory_parts, prefill_count
 
 __all__ = ["ConnectionPool", "FactoryDriver"]
 
@@ -57,24 +56,7 @@ class ConnectionPool(FactoryFace, Generic[ConnT]):
         lifo: bool = True,
         name: Optional[str] = None,
     ) -> None:
-        settings = factory_settings(
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            check=check,
-            max_idle=max_idle,
-            max_lifetime=max_lifetime,
-            leak_timeout=leak_timeout,
-            background=background,
-            lifo=lifo,
-            name=name,
-        )
-        driver: FactoryDriver[ConnT] = FactoryDriver(
-            check_callable("factory", factory, required=True),
-            releaser=check_callable("releaser", releaser),
-            reset=check_callable("reset", reset),
-            configure=check_callable("configure", configure),
-        )
+        settings, driver = factory_parts(FactoryDriver[ConnT], "factory", locals())
         self._runner: ThreadedRunner[ConnT] = ThreadedRunner(
             settings, driver, kind=type(self).__name__
         )

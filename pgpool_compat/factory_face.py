@@ -4,12 +4,27 @@ forwarded to their runner. Each keeps only its own verbs (sync or coroutines).""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple, TypeVar
 
 from .engine.stats import Figures
-from .settings import Settings, check_callable, check_flag, check_seconds, check_size
+from .settings import (
+    Settings,
+    check_callable,
+    check_flag,
+    check_name,
+    check_seconds,
+    check_sizes,
+)
 
-__all__ = ["FactoryFace", "factory_settings", "prefill_count"]
+__all__ = ["FactoryFace", "factory_parts", "factory_settings", "prefill_count"]
+
+DriverT = TypeVar("DriverT")
+
+#: The keywords that become ``Settings``; the hooks go to the driver.
+SETTINGS_KEYWORDS = (
+    "min_size", "max_size", "timeout", "check", "check_timeout", "max_idle", "max_lifetime",
+    "leak_timeout", "background", "lifo", "name",
+)  # fmt: skip
 
 
 def factory_settings(
@@ -27,16 +42,11 @@ def factory_settings(
     check_timeout: Any = 5.0,
 ) -> Settings:
     """One ``Settings`` from a factory pool's keywords; each error names the keyword."""
-    check_size("min_size", min_size)
-    check_size("max_size", max_size, minimum=1)
-    if min_size > max_size:
-        raise ValueError(f"max_size ({max_size}) must be at least min_size ({min_size})")
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    check_sizes("min_size", min_size, "max_size", max_size)
     bound = check_seconds("check_timeout", check_timeout, allow_zero=False, allow_none=False)
     assert bound is not None  # allow_none=False
     return Settings(
-        name=name,
+        name=check_name("name", name),
         min_size=min_size,
         max_size=max_size,
         timeout=check_seconds("timeout", timeout, allow_zero=True),
@@ -48,6 +58,21 @@ def factory_settings(
         background=check_flag("background", background),
         lifo=check_flag("lifo", lifo),
     )
+
+
+def factory_parts(
+    make_driver: Callable[..., DriverT], factory_keyword: str, given: Mapping[str, Any]
+) -> Tuple[Settings, DriverT]:
+    """A factory pool's ``Settings`` and driver from its keywords (``given``: its
+    ``__init__``'s ``locals()``, so each error names the keyword as the user wrote it)."""
+    settings = factory_settings(**{k: given[k] for k in SETTINGS_KEYWORDS if k in given})
+    driver = make_driver(
+        check_callable(factory_keyword, given[factory_keyword], required=True),
+        releaser=check_callable("releaser", given["releaser"]),
+        reset=check_callable("reset", given["reset"]),
+        configure=check_callable("configure", given["configure"]),
+    )
+    return settings, driver
 
 
 def prefill_count(n: Any) -> Optional[int]:

@@ -33,6 +33,7 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import (
     Any,
@@ -59,8 +60,7 @@ from .engine import log
 from .engine.core import SLOT
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _ThreadWaiter
-from .options import PoolOptions
-from .settings import check_size
+from .settings import PoolOptions, check_seconds, check_size
 
 __all__ = [
     "DEFAULT_IDLE_TTL",
@@ -361,6 +361,18 @@ class _Lease:
 
     def __init__(self) -> None:
         self.started = time.monotonic()  # for the wait time and the timeout's log line
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One ``PoolManager.connection()`` call: which pool, for which lease, until when. Never
+    the DSN, which may hold a password: it is passed along, never kept."""
+
+    pid: str
+    lease: _Lease
+    max_size: int
+    idle_ttl: float
+    deadline: Optional[float]
 
 
 # -- Connection ----------------------------------------------------------------------------
@@ -778,12 +790,9 @@ class Pool:
 
 
 def _seconds(name: str, value: Any) -> None:
-    """Validate a duration of ``PoolManager.connection``: a number >= 0 (``inf`` is allowed,
-    as queries allows any TTL), naming it in the error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    """Validate a duration of ``PoolManager.connection``: a number >= 0 with no upper bound
+    (``inf`` is allowed, as queries allows any TTL), naming it in the error."""
+    check_seconds(name, value, allow_zero=True, allow_none=False, maximum=math.inf)
 
 
 def _shut_down(pid: str, pool: Pool) -> int:
@@ -1043,7 +1052,7 @@ class PoolManager:
         pid = pool_id(dsn)
         lease = _Lease()
         deadline = None if timeout is None else lease.started + timeout
-        pool, handle = cls._checkout(pid, dsn, lease, max_size, idle_ttl, deadline)
+        pool, handle = cls._checkout(dsn, _Request(pid, lease, max_size, idle_ttl, deadline))
         observer = pool.observer
         checked_out_at = time.monotonic()
         if observer is not None:
@@ -1121,19 +1130,12 @@ class PoolManager:
                     logger.exception("%s: cleaning failed", pool.name)
 
     @classmethod
-    def _checkout(
-        cls,
-        pid: str,
-        dsn: str,
-        lease: _Lease,
-        max_size: int,
-        idle_ttl: float,
-        deadline: Optional[float],
-    ) -> Tuple[Pool, Any]:
-        """Take or open a connection of pool ``pid`` for ``lease``; the connect happens
-        with the lock released, on a slot reserved beforehand."""
+    def _checkout(cls, dsn: str, request: _Request) -> Tuple[Pool, Any]:
+        """Take or open a connection of pool ``request.pid`` for its lease; the connect
+        happens with the lock released, on a slot reserved beforehand."""
+        pid, lease = request.pid, request.lease
         while True:
-            pool, handle = cls._take_turn(pid, dsn, lease, max_size, idle_ttl, deadline)
+            pool, handle = cls._take_turn(dsn, request)
             if handle is not None:
                 return pool, handle
             connect_started = time.monotonic()
@@ -1156,24 +1158,18 @@ class PoolManager:
             _DRIVER.dispose(handle)
 
     @classmethod
-    def _take_turn(
-        cls,
-        pid: str,
-        dsn: str,
-        lease: _Lease,
-        max_size: int,
-        idle_ttl: float,
-        deadline: Optional[float],
-    ) -> Tuple[Pool, Any]:
-        """In arrival order: an idle connection locked to ``lease``, or a reserved slot
-        (``None`` handle), or ``PoolFullError`` once ``deadline`` has passed. A caller that
-        must wait queues and sleeps until a free or a removal serves it."""
+    def _take_turn(cls, dsn: str, request: _Request) -> Tuple[Pool, Any]:
+        """In arrival order: an idle connection locked to the request's lease, or a reserved
+        slot (``None`` handle), or ``PoolFullError`` once its deadline has passed. A caller
+        that must wait queues and sleeps until a free or a removal serves it."""
+        pid, lease, deadline = request.pid, request.lease, request.deadline
         while True:
             with cls._lock:
                 pool = cls._pools.get(pid)
                 if pool is None:
                     name = target_name((libpq_dsn(dsn),), {})
-                    pool = cls._pools[pid] = Pool(pid, idle_ttl, max_size, name=name)
+                    pool = Pool(pid, request.idle_ttl, request.max_size, name=name)
+                    cls._pools[pid] = pool
                 if not pool._waiters:  # never past those already waiting
                     pool.clean()
                     handle = pool._take_idle(lease)

@@ -119,7 +119,7 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     fi
 fi
 
-# valgrind for the hot-path gate (tests/test_hot_path_gate.py counts instructions).
+# valgrind for the hot-path gate (tests/engine/test_hot_path_gate.py counts instructions).
 if ! command -v valgrind >/dev/null; then
     if is_root && command -v apt-get >/dev/null; then
         say "installing the Debian package valgrind"

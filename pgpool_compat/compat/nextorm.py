@@ -8,14 +8,14 @@ failed connect never loses its slot, and a negative ``timeout`` is refused at co
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
 from ..driver import FactoryDriver
 from ..driver_async import AsyncFactoryDriver
 from ..engine.asyncio import AsyncRunner
 from ..engine.threaded import ThreadedRunner
 from ..errors import PoolTimeout
-from ..settings import Settings, check_callable, check_seconds, check_size
+from ..settings import Settings, check_callable, check_seconds, check_sizes
 
 __all__ = ["AsyncConnectionPool", "ConnectionPool", "PoolTimeoutError"]
 
@@ -30,10 +30,7 @@ class PoolTimeoutError(PoolTimeout):
 def _settings(min_size: Any, max_size: Any, timeout: Any, *, lifo: bool) -> Settings:
     """nextorm's keywords as engine settings; errors name ``min_size`` / ``max_size`` /
     ``timeout``."""
-    check_size("min_size", min_size)
-    check_size("max_size", max_size, minimum=1)
-    if min_size > max_size:
-        raise ValueError(f"min_size ({min_size}) must be at most max_size ({max_size})")
+    check_sizes("min_size", min_size, "max_size", max_size)
     return Settings(
         min_size=min_size,
         max_size=max_size,
@@ -43,14 +40,12 @@ def _settings(min_size: Any, max_size: Any, timeout: Any, *, lifo: bool) -> Sett
     )
 
 
-class ConnectionPool:
-    """Thread-safe pool of what ``factory()`` returns, nextorm's way.
+class _NextormPool:
+    """What both nextorm pools share: their keywords, validated once, and their gauges.
+    Each pool starts its own runner in ``_start``."""
 
-    Opens ``min_size`` connections at construction and never more than ``max_size``;
-    ``acquire()`` waits up to ``timeout`` seconds (``None``: no bound) for one, then raises
-    ``PoolTimeoutError``. Idle connections are handed out longest-idle first, as nextorm's
-    queue does. ``close_all()`` closes the idle connections and leaves the pool usable.
-    """
+    _lifo: ClassVar[bool]
+    _runner: _Gauges
 
     def __init__(
         self,
@@ -60,13 +55,48 @@ class ConnectionPool:
         max_size: int = 5,
         timeout: float = 30.0,
     ) -> None:
-        # nextorm's queue hands out the longest-idle connection first.
-        settings = _settings(min_size, max_size, timeout, lifo=False)
-        driver: FactoryDriver[Any] = FactoryDriver(
-            check_callable("factory", factory, required=True)
-        )
+        settings = _settings(min_size, max_size, timeout, lifo=self._lifo)
+        self._start(check_callable("factory", factory, required=True), settings)
+
+    def _start(self, factory: Callable[[], Any], settings: Settings) -> None:
+        raise NotImplementedError
+
+    @property
+    def pool_size(self) -> int:
+        """Connections open: idle, borrowed and being opened."""
+        return self._runner.size
+
+    @property
+    def idle_count(self) -> int:
+        """Connections idle in the pool."""
+        return self._runner.idle_count
+
+    def __repr__(self) -> str:
+        return f"<nextorm-style {self._runner!r}>"
+
+
+class _Gauges(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def idle_count(self) -> int: ...
+
+
+class ConnectionPool(_NextormPool):
+    """Thread-safe pool of what ``factory()`` returns, nextorm's way.
+
+    Opens ``min_size`` connections at construction and never more than ``max_size``;
+    ``acquire()`` waits up to ``timeout`` seconds (``None``: no bound) for one, then raises
+    ``PoolTimeoutError``. Idle connections are handed out longest-idle first, as nextorm's
+    queue does. ``close_all()`` closes the idle connections and leaves the pool usable.
+    """
+
+    _lifo = False  # nextorm's queue hands out the longest-idle connection first.
+
+    def _start(self, factory: Callable[[], Any], settings: Settings) -> None:
         self._runner: ThreadedRunner[Any] = ThreadedRunner(
-            settings, driver, kind="nextorm.ConnectionPool"
+            settings, FactoryDriver(factory), kind="nextorm.ConnectionPool"
         )
         try:
             self._runner.prefill()
@@ -89,21 +119,8 @@ class ConnectionPool:
         """Close the idle connections (their ``close()``); borrowed ones are not affected."""
         self._runner.close_idle()
 
-    @property
-    def pool_size(self) -> int:
-        """Connections open: idle and borrowed."""
-        return self._runner.size
 
-    @property
-    def idle_count(self) -> int:
-        """Connections idle in the pool."""
-        return self._runner.idle_count
-
-    def __repr__(self) -> str:
-        return f"<nextorm-style {self._runner!r}>"
-
-
-class AsyncConnectionPool:
+class AsyncConnectionPool(_NextormPool):
     """asyncio pool of what ``await factory()`` returns, nextorm's way.
 
     ``start()`` opens ``min_size`` connections; it is optional: the pool serves the loop it is
@@ -111,20 +128,11 @@ class AsyncConnectionPool:
     connections (awaiting their ``close()``) and leaves the pool usable.
     """
 
-    def __init__(
-        self,
-        factory: Callable[[], Any],
-        *,
-        min_size: int = 1,
-        max_size: int = 5,
-        timeout: float = 30.0,
-    ) -> None:
-        settings = _settings(min_size, max_size, timeout, lifo=True)
-        driver: AsyncFactoryDriver[Any] = AsyncFactoryDriver(
-            check_callable("factory", factory, required=True)
-        )
+    _lifo = True
+
+    def _start(self, factory: Callable[[], Any], settings: Settings) -> None:
         self._runner: AsyncRunner[Any] = AsyncRunner(
-            settings, driver, kind="nextorm.AsyncConnectionPool"
+            settings, AsyncFactoryDriver(factory), kind="nextorm.AsyncConnectionPool"
         )
 
     async def start(self) -> None:
@@ -145,16 +153,3 @@ class AsyncConnectionPool:
     async def close_all(self) -> None:
         """Close the idle connections; borrowed ones are not affected."""
         await self._runner.close_idle()
-
-    @property
-    def pool_size(self) -> int:
-        """Connections open: idle, borrowed and being opened."""
-        return self._runner.size
-
-    @property
-    def idle_count(self) -> int:
-        """Connections idle in the pool."""
-        return self._runner.idle_count
-
-    def __repr__(self) -> str:
-        return f"<nextorm-style {self._runner!r}>"

@@ -26,17 +26,18 @@ import asyncio
 import os
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional, Set, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Set, Tuple
 
 from ..driver import ConnT
 from ..driver_async import AsyncDriver, call_hook
 from ..errors import PoolClosed, PoolError, PoolTimeout
 from ..settings import Settings
 from . import log
+from .base import RunnerBase
 from .checks import CheckPolicy
-from .core import SLOT, Core, Grant, Waiter
+from .core import SLOT, Grant, Waiter
 from .entry import Entry
-from .stats import Figures, Observer, live_runners, register, unregister
+from .stats import Figures, live_runners, register, unregister
 from .threaded import DEFAULT, UPKEEP_INTERVAL, _Keeper
 
 __all__ = ["AsyncRunner"]
@@ -110,18 +111,13 @@ class _AsyncChecks(CheckPolicy):
         return bool(await asyncio.wait_for(check, limit or self._check_timeout))
 
 
-class AsyncRunner(Generic[ConnT]):
+class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
     """One pool's engine for asyncio: ``ThreadedRunner``'s verbs as coroutines."""
 
     def __init__(
         self, settings: Settings, driver: AsyncDriver[ConnT], *, kind: str = "pool"
     ) -> None:
-        self.settings = settings
-        self.driver = driver
-        self.kind = kind
-        self.name = settings.name or f"pool-{id(self):x}"
-        self.core = Core(settings)
-        self.observer: Optional[Observer] = None
+        super().__init__(settings, driver, kind)
         self._checks = _AsyncChecks(settings, driver, self.name)
         self._capture_stacks = settings.leak_timeout is not None
         self._needs_upkeep = settings.needs_upkeep
@@ -135,10 +131,6 @@ class AsyncRunner(Generic[ConnT]):
         self._keeper: Optional[asyncio.Task[None]] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
         register(self)
-
-    @property
-    def closed(self) -> bool:
-        return self.core.closed
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -397,11 +389,7 @@ class AsyncRunner(Generic[ConnT]):
 
     def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
         """``(held, idle, borrowed)`` for sub-pool ``key`` (all 0 once closed)."""
-        sub = self.core.subpools.get(key)
-        if sub is None or self.core.closed:
-            return 0, 0, 0
-        idle = len(sub.idle)
-        return sub.size, idle, sub.size - idle - sub.opening
+        return self.core.key_sizes(key)
 
     def figures(self) -> Figures:
         return self.core.figures(self.name, self.kind)

@@ -20,7 +20,7 @@ the outcome back. The books:
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Hashable, List, Optional, Union
+from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple, Union
 
 from ..errors import (
     DUPLICATE_MESSAGE,
@@ -409,6 +409,15 @@ class Core:
     @property
     def idle_count(self) -> int:
         return sum(len(sub.idle) for sub in self.subpools.values())
+
+    def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
+        """``(held, idle, borrowed)`` for sub-pool ``key``: held counts idle, borrowed and
+        being opened or reset (all 0 once closed)."""
+        sub = self.subpools.get(key)
+        if sub is None or self.closed:
+            return 0, 0, 0
+        idle = len(sub.idle)
+        return sub.size, idle, sub.size - idle - sub.opening
 
     # -- internals -------------------------------------------------------------------------
 

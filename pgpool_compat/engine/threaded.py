@@ -15,16 +15,17 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Dict, Generic, Hashable, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Protocol, Tuple
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
 from ..settings import Settings
 from . import log
+from .base import RunnerBase
 from .checks import CheckPolicy
-from .core import SLOT, Core, Grant, Waiter
+from .core import SLOT, Grant, Waiter
 from .entry import Entry
-from .stats import Figures, Observer, live_runners, register, unregister
+from .stats import Figures, live_runners, register, unregister
 
 __all__ = ["DEFAULT", "ThreadedRunner"]
 
@@ -69,7 +70,7 @@ class _ThreadWaiter(Waiter):
             self._wake.acquire(timeout=max(0.0, deadline - monotonic()))
 
 
-class ThreadedRunner(Generic[ConnT]):
+class ThreadedRunner(RunnerBase[Driver[ConnT]]):
     """One pool's engine for threads. See ENGINE_API.md for the verbs."""
 
     def __init__(
@@ -81,12 +82,7 @@ class ThreadedRunner(Generic[ConnT]):
         reentrant: bool = False,
         metrics_label: Optional[str] = None,
     ) -> None:
-        self.settings = settings
-        self.driver = driver
-        self.kind = kind
-        self.name = settings.name or f"pool-{id(self):x}"
-        self.core = Core(settings)
-        self.observer: Optional[Observer] = None
+        super().__init__(settings, driver, kind)
         #: What metrics call this pool; None: its name (a face may name its server instead).
         self.metrics_label = metrics_label
         # Reentrant for the psycopg2 face, whose subclasses call in holding ``_lock``.
@@ -103,10 +99,6 @@ class ThreadedRunner(Generic[ConnT]):
         register(self)
         if settings.background:
             self.start_keeper()
-
-    @property
-    def closed(self) -> bool:
-        return self.core.closed
 
     # -- borrowing -------------------------------------------------------------------------
 
@@ -342,14 +334,9 @@ class ThreadedRunner(Generic[ConnT]):
             return self.core.stats(pop)
 
     def key_sizes(self, key: Hashable = None) -> Tuple[int, int, int]:
-        """``(held, idle, borrowed)`` for sub-pool ``key``: held counts idle, borrowed and
-        being opened or reset (all 0 once closed)."""
+        """``(held, idle, borrowed)`` for sub-pool ``key`` (all 0 once closed)."""
         with self._lock:
-            sub = self.core.subpools.get(key)
-            if sub is None or self.core.closed:
-                return 0, 0, 0
-            idle = len(sub.idle)
-            return sub.size, idle, sub.size - idle - sub.opening
+            return self.core.key_sizes(key)
 
     @property
     def idle_count(self) -> int:

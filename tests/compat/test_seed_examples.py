@@ -20,7 +20,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 from helpers import sessions_named
-from test_aio import asyncpg_kwargs
+
+from tests.factory.test_aio import asyncpg_kwargs
 
 # escudeiro's examples, in page order (one namespace, as a reader runs them); the only edit
 # is the import line: ``from escudeiro.ds.pools import AsyncPool`` became ours.

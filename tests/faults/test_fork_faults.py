@@ -1,4 +1,5 @@
-"""Fork as a fault, measured for the reliability table (tests/test_fork.py holds the contract).
+"""Fork as a fault, measured for the reliability table (tests/dropin/test_fork.py holds the
+contract).
 
 A parent with idle and borrowed connections forks several children (gunicorn --preload,
 multiprocessing): each child checks out, queries, returns, then calls ``closeall()`` on its

@@ -29,16 +29,16 @@ pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
 
 SUITES = [
-    "tests/test_contract.py",
-    "tests/test_bugfixes.py",
-    "tests/test_subclass.py",
-    "tests/test_threads.py",
-    "tests/test_options.py",
-    "tests/test_waiting.py",
-    "tests/test_lifecycle.py",
-    "tests/test_checks_resets.py",
-    "tests/test_stats_and_methods.py",
-    "tests/test_leaks_keeper.py",
+    "tests/dropin/test_contract.py",
+    "tests/dropin/test_bugfixes.py",
+    "tests/dropin/test_subclass.py",
+    "tests/dropin/test_threads.py",
+    "tests/options/test_options.py",
+    "tests/options/test_waiting.py",
+    "tests/options/test_lifecycle.py",
+    "tests/options/test_checks_resets.py",
+    "tests/options/test_stats_and_methods.py",
+    "tests/options/test_leaks_keeper.py",
 ]
 
 #: 271 pass today; far fewer means the selection broke (a collection error, say).

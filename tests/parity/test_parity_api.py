@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from pgpool_compat.engine.stats import COUNTER_KEYS, GAUGE_KEYS
 from pgpool_compat.errors import PoolTimeout
-from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
 from tests.helpers import pid_of, terminate_backends
 from tests.parity.faces import Face, faces
 

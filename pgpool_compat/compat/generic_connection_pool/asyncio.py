@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, AsyncIterator, Generic, Optional
+from typing import AsyncIterator, Generic, Optional
 
 from ...engine.asyncio import AsyncRunner
 from ...engine.threaded import DEFAULT
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
+from ...settings import Settings
 from ._driver import AsyncManagerDriver
-from .common import BaseConnectionPool, ConnectionT, EndpointT, endpoint_size
+from .common import ConnectionT, EndpointPool, EndpointT, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -41,7 +42,10 @@ class BaseConnectionManager(Generic[EndpointT, ConnectionT], abc.ABC):
         """Called instead of ``dispose`` when ``check_aliveness`` said ``conn`` is dead."""
 
 
-class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[EndpointT, ConnectionT]):
+class ConnectionPool(
+    EndpointPool[EndpointT, ConnectionT, BaseConnectionManager[EndpointT, ConnectionT]],
+    Generic[EndpointT, ConnectionT],
+):
     """An asyncio pool of connections to many endpoints, made by ``connection_manager``.
 
     The threading pool's rules, as coroutines: ``acquire(endpoint)`` waits up to ``timeout``
@@ -51,25 +55,11 @@ class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[Endpoin
     in, and ``background_collector=True`` starts its task there.
     """
 
-    def __init__(
-        self,
-        connection_manager: BaseConnectionManager[EndpointT, ConnectionT],
-        *,
-        acquire_timeout: Optional[float] = None,
-        background_collector: bool = False,
-        dispose_batch_size: int = 0,
-        dispose_timeout: Optional[float] = None,
-        min_idle: int = 1,
-        max_size: int = 10,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
-        settings = self._settings(
-            acquire_timeout, background_collector, dispose_batch_size, check="ping"
-        )
-        self._manager = connection_manager
+    _check = "ping"
+
+    def _start(self, settings: Settings, dispose_timeout: Optional[float]) -> None:
         self._runner: AsyncRunner[ConnectionT] = AsyncRunner(
-            settings, AsyncManagerDriver(connection_manager, dispose_timeout), kind="ConnectionPool"
+            settings, AsyncManagerDriver(self._manager, dispose_timeout), kind="ConnectionPool"
         )
 
     def get_size(self) -> int:

@@ -1,19 +1,27 @@
 """The settings every generic-connection-pool pool shares (``generic_connection_pool.common``).
 
-``BaseConnectionPool`` validates them and turns them into the engine's ``Settings``; the
-threading and asyncio pools add the runner. One endpoint is one sub-pool of the engine.
+``BaseConnectionPool`` validates them and turns them into the engine's ``Settings``;
+``EndpointPool`` takes the keywords the threading and asyncio pools share, and each of them
+adds its runner. One endpoint is one sub-pool of the engine.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Hashable, Optional, Tuple, TypeVar
+from typing import Any, ClassVar, Generic, Hashable, Optional, Tuple, TypeVar
 
 from ...settings import CheckSetting, Labels, Settings, check_flag, check_seconds, check_size
 
-__all__ = ["BaseConnectionPool", "ConnectionT", "EndpointT", "InvalidPoolSettings"]
+__all__ = [
+    "BaseConnectionPool",
+    "ConnectionT",
+    "EndpointPool",
+    "EndpointT",
+    "InvalidPoolSettings",
+]
 
 EndpointT = TypeVar("EndpointT", bound=Hashable)
 ConnectionT = TypeVar("ConnectionT")
+ManagerT = TypeVar("ManagerT")
 
 #: How the engine's messages name this library's keywords.
 LABELS = Labels(timeout="acquire_timeout", max_size="max_size", min_size="min_idle")
@@ -118,6 +126,40 @@ class BaseConnectionPool(Generic[EndpointT, ConnectionT]):
 
     def get_size(self) -> int:
         """Connections held over all endpoints (idle, borrowed, being opened)."""
+        raise NotImplementedError
+
+
+class EndpointPool(
+    BaseConnectionPool[EndpointT, ConnectionT], Generic[EndpointT, ConnectionT, ManagerT]
+):
+    """The keywords of the threading and asyncio pools, validated once; each pool starts
+    its own runner in ``_start``."""
+
+    #: How the driver runs ``check_aliveness``: as its probe ("socket", sync managers) or as
+    #: its ping at every checkout ("ping", asyncio managers).
+    _check: ClassVar[str]
+
+    def __init__(
+        self,
+        connection_manager: ManagerT,
+        *,
+        acquire_timeout: Optional[float] = None,
+        background_collector: bool = False,
+        dispose_batch_size: int = 0,
+        dispose_timeout: Optional[float] = None,
+        min_idle: int = 1,
+        max_size: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
+        settings = self._settings(
+            acquire_timeout, background_collector, dispose_batch_size, check=self._check
+        )
+        self._manager = connection_manager
+        self._start(settings, dispose_timeout)
+
+    def _start(self, settings: Settings, dispose_timeout: Optional[float]) -> None:
+        """Build the runner over ``self._manager``."""
         raise NotImplementedError
 
 

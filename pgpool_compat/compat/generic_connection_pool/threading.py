@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
-from typing import Any, Generic, Iterator, Optional
+from typing import Generic, Iterator, Optional
 
 from ...engine.threaded import DEFAULT, ThreadedRunner
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
+from ...settings import Settings
 from ._driver import ManagerDriver
-from .common import BaseConnectionPool, ConnectionT, EndpointT, endpoint_size
+from .common import ConnectionT, EndpointPool, EndpointT, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -45,7 +46,10 @@ class BaseConnectionManager(Generic[EndpointT, ConnectionT], abc.ABC):
         """Called instead of ``dispose`` when ``check_aliveness`` said ``conn`` is dead."""
 
 
-class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[EndpointT, ConnectionT]):
+class ConnectionPool(
+    EndpointPool[EndpointT, ConnectionT, BaseConnectionManager[EndpointT, ConnectionT]],
+    Generic[EndpointT, ConnectionT],
+):
     """A thread-safe pool of connections to many endpoints, made by ``connection_manager``.
 
     ``acquire(endpoint)`` waits up to ``timeout`` (default ``acquire_timeout``; ``None``: as
@@ -55,25 +59,11 @@ class ConnectionPool(BaseConnectionPool[EndpointT, ConnectionT], Generic[Endpoin
     (``background_collector=True``). See ``BaseConnectionPool`` for the size settings.
     """
 
-    def __init__(
-        self,
-        connection_manager: BaseConnectionManager[EndpointT, ConnectionT],
-        *,
-        acquire_timeout: Optional[float] = None,
-        background_collector: bool = False,
-        dispose_batch_size: int = 0,
-        dispose_timeout: Optional[float] = None,
-        min_idle: int = 1,
-        max_size: int = 10,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(min_idle=min_idle, max_size=max_size, **kwargs)
-        settings = self._settings(
-            acquire_timeout, background_collector, dispose_batch_size, check="socket"
-        )
-        self._manager = connection_manager
+    _check = "socket"
+
+    def _start(self, settings: Settings, dispose_timeout: Optional[float]) -> None:
         self._runner: ThreadedRunner[ConnectionT] = ThreadedRunner(
-            settings, ManagerDriver(connection_manager, dispose_timeout), kind="ConnectionPool"
+            settings, ManagerDriver(self._manager, dispose_timeout), kind="ConnectionPool"
         )
 
     def get_size(self) -> int:

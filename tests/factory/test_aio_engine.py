@@ -17,7 +17,7 @@ import pytest
 
 from pgpool_compat.aio import AsyncConnectionPool
 from pgpool_compat.errors import PoolError
-from tests.test_aio import Factory, FakeConn, run, settle
+from tests.factory.test_aio import Factory, FakeConn, run, settle
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -125,8 +125,8 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
     connection; the parent's idle connection is neither handed out there nor closed."""
     import psycopg2
 
+    from tests.dropin.test_fork import run_in_child
     from tests.helpers import pid_of, scalar
-    from tests.test_fork import run_in_child
 
     async def connect() -> Any:
         return psycopg2.connect(pg_dsn)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from setuptools.config.setupcfg import read_configuration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_package_directory_is_installed() -> None:

@@ -362,7 +362,7 @@ def test_a_waiter_sleeps_until_served_without_polling(pg_dsn: str) -> None:
 
 def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
     """The parent's cleaner thread does not exist in a child: the child starts its own."""
-    from tests.test_fork import run_in_child
+    from tests.dropin.test_fork import run_in_child
 
     PoolManager.start_cleaner(0.05)
 
@@ -380,7 +380,7 @@ def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
 def test_a_forked_child_uses_the_manager_when_a_parent_thread_held_its_lock(
     pg_dsn: str,
 ) -> None:
-    from tests.test_fork import held_by_another_thread, run_in_child
+    from tests.dropin.test_fork import held_by_another_thread, run_in_child
 
     dsn = with_app(pg_dsn, "mgr_fork_lock")
 

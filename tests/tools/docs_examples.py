@@ -1,10 +1,10 @@
 """Run the Python examples of one Markdown page, as a reader pasting them would.
 
-    .venv/bin/python tests/docs_examples.py README.md
+    .venv/bin/python tests/tools/docs_examples.py README.md
 
 Sybil finds the page's ``python`` fenced blocks; they run in order, in one namespace (a block
 may use names from an earlier one), in this fresh interpreter, so no page can leak state into
-another or into the test process. ``tests/test_docs.py`` starts this script once per page with
+another or into the test process. ``tests/tools/test_docs.py`` starts this script once per page with
 ``DATABASE_URL`` and the ``PG*`` variables naming the test server.
 
 After the last block, every server session the page opened must be closed: examples clean up

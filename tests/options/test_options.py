@@ -151,7 +151,7 @@ def test_every_option_accepted_at_a_valid_value(
 
 
 def test_all_expected_keywords_exist_and_no_others() -> None:
-    from pgpool_compat.options import OPTION_NAMES
+    from pgpool_compat.settings import OPTION_NAMES
 
     assert set(OPTION_NAMES) == set(EXPECTED_OPTIONS)
 

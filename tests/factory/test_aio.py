@@ -18,8 +18,8 @@ import psycopg2.extensions
 import pytest
 
 from pgpool_compat.aio import AsyncConnectionPool
+from pgpool_compat.engine.stats import COUNTER_KEYS, GAUGE_KEYS
 from pgpool_compat.errors import PoolError, PoolTimeout, PoolTimeoutError
-from pgpool_compat.stats import COUNTER_KEYS, GAUGE_KEYS
 from tests.helpers import (
     AWKWARD_CONNECTION_KINDS,
     AWKWARD_POOL_OPTIONS,

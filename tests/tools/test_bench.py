@@ -51,7 +51,7 @@ from tests.helpers import backend_count, popen_interruptible, wait_backend_count
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH = (sys.executable, "-m", "pgpool_compat", "bench")
 RESULT_KEYS = {"pool", "ops_per_s", "p50_us", "p99_us", "errors", "connections_opened"}
 STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)")

@@ -17,7 +17,7 @@ import pytest
 
 from tests.faults import pgbouncer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_table_script() -> ModuleType:

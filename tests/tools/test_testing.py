@@ -31,7 +31,7 @@ from pgpool_compat.testing import PostgresNotFound, PostgresServer, external_dsn
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def query(dsn: str, sql: str) -> object:

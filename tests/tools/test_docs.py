@@ -3,7 +3,7 @@
 Conventions (docs/contributing.md): a ``python`` fenced block in README.md or docs/ is run
 against the test server, whose address the page reads from ``DATABASE_URL`` or the ``PG*``
 variables; a block that cannot run is fenced ``python-not-run`` under a visible line starting
-``Not run by the tests:``. Each page runs in its own interpreter (tests/docs_examples.py).
+``Not run by the tests:``. Each page runs in its own interpreter (tests/tools/docs_examples.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from sybil import Document
 from sybil.parsers.markdown.lexers import FencedCodeBlockLexer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUNNER = Path(__file__).with_name("docs_examples.py")
 

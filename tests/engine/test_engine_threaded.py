@@ -25,8 +25,7 @@ from pgpool_compat.errors import (
     PoolError,
     PoolTimeout,
 )
-from pgpool_compat.options import PoolOptions
-from pgpool_compat.settings import Labels, Settings
+from pgpool_compat.settings import Labels, PoolOptions, Settings
 from tests.helpers import pid_of, scalar, terminate_backends
 
 

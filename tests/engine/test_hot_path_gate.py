@@ -25,7 +25,7 @@ pytestmark = [
 
 OPS = 3000
 
-_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "overhead_instructions.py"
+_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead_instructions.py"
 
 
 def _bench_module() -> Any:

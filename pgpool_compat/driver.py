@@ -60,6 +60,9 @@ _READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
 
 # libpq's transaction states, named once for the hot paths below.
 _STATUS_IDLE = extensions.TRANSACTION_STATUS_IDLE
+#: Linux's TCP_INFO (absent elsewhere) and its state after the peer's FIN.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_CLOSE_WAIT = 8
 _STATUS_UNKNOWN = extensions.TRANSACTION_STATUS_UNKNOWN
 
 
@@ -182,8 +185,8 @@ class Psycopg2Driver(Driver[Any]):
             return True
         if state.shared:
             # The data may be another holder's query results: libpq must not be entered from
-            # two threads. Handed out untouched, as psycopg2.pool does.
-            return True
+            # two threads. Only the kernel's view of the socket is read, never a byte of it.
+            return not _peer_closed(conn.fileno())
         # Readable while idle: a notification, or the server hanging up. Let libpq consume
         # what is there; if the socket is still readable, it is at end of stream.
         notices = conn.notices
@@ -201,7 +204,7 @@ class Psycopg2Driver(Driver[Any]):
 
     def ping(self, conn: Any, state: Any, timeout: float) -> bool:
         if state.shared:
-            return not conn.closed  # see is_alive
+            return self.is_alive(conn, state)  # no round trip on a shared connection
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit
@@ -260,6 +263,21 @@ def _last(notices: Any) -> Any:
         return notices[-1] if notices else None
     except (TypeError, IndexError, KeyError):  # an append-only sink: nothing to compare
         return None
+
+
+def _peer_closed(fd: int) -> bool:
+    """Whether the server closed its end of a TCP connection (the kernel's CLOSE_WAIT). Reads
+    no byte of the stream, so it is safe while another thread uses the connection; a Unix
+    socket, or a system without TCP_INFO, has no such state to read and counts as open."""
+    if _TCP_INFO is None:
+        return False
+    sock = socket.socket(fileno=fd)  # a view of the fd: detached below, never closed
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _TCP_CLOSE_WAIT
+    except OSError:
+        return False
+    finally:
+        sock.detach()
 
 
 def _first_line(error: BaseException) -> str:

@@ -99,6 +99,24 @@ def test_socket_probe_keeps_a_connection_with_a_pending_notification(
     pool.putconn(again)
 
 
+def test_shared_keyed_connection_whose_server_hung_up_is_not_handed_out(
+    pg_dsn: str, pools: List[Any]
+) -> None:
+    """A keyed connection once lent to two holders is never entered by the probe; but when
+    its server has closed the socket (TCP CLOSE_WAIT, read from the kernel) it is dead, and
+    the next checkout gets a working connection instead (found by the fault model test)."""
+    pool = threaded(pools, 1, 2, pg_dsn)
+    conn = pool.getconn("a")
+    assert pool.getconn("a") is conn
+    pool.putconn(conn, "a")  # idle again, still marked shared
+    terminate_backends(pg_dsn, [pid_of(conn)])
+    assert peer_hung_up([conn])
+    fresh = pool.getconn()
+    assert fresh is not conn
+    assert scalar(fresh, "SELECT 1") == 1
+    pool.putconn(fresh)
+
+
 def test_probe_skips_connection_in_use_by_another_thread(pg_dsn: str, pools: List[Any]) -> None:
     """Keyed connections are shared: one holder returns it while the other streams a query.
     Later checkouts get it untouched (as stock does); a probe calling into libpq there would

@@ -127,7 +127,7 @@ class Core:
                 self._doom(entry, sub)
                 self.offer_slot()
                 continue
-            self.out[id(entry.conn)] = entry
+            self.out[id(conn)] = entry  # entry.conn is conn: the books key entries by it
             entry.checked_out_at = now
             return entry
         return None

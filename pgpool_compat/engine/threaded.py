@@ -88,7 +88,6 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         # Reentrant for the psycopg2 face, whose subclasses call in holding ``_lock``.
         self._lock: Any = threading.RLock() if reentrant else threading.Lock()
         self._checks = CheckPolicy(settings, driver, self.name)
-        self._return_state = driver.return_state
         self._capture_stacks = settings.leak_timeout is not None
         self._needs_upkeep = settings.needs_upkeep
         self._upkeep_due = monotonic() + UPKEEP_INTERVAL
@@ -180,18 +179,18 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         core = self.core
         now = monotonic()
         core.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
-        state = None if discard else self._return_state(entry.conn)
+        state = None if discard else self.driver.return_state(entry.conn)
         if state is None:
             if not discard:
                 core.counters.returns_bad += 1
             core.drop(entry)
-        elif state and core.keeps(entry):
+        elif not state:  # clean: kept as is
+            core.shelve(entry, now)
+        elif core.keeps(entry):
             core.hold(entry)
-        elif state:
+        else:
             state = None  # not kept anyway (idle cap): closed without a useless reset
             core.drop(entry)
-        else:
-            core.shelve(entry, now)
         if self._needs_upkeep and now >= self._upkeep_due:
             self._upkeep_due = now + UPKEEP_INTERVAL
             self._upkeep_wanted = True

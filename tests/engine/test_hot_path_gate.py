@@ -4,9 +4,10 @@ Instruction counts (valgrind's callgrind, via ``benchmarks/overhead_instructions
 not swing with the machine's load the way wall-clock timings do, so a ceiling on the ratio
 to stock psycopg2.pool, measured in the same run, is a test that can fail for real.
 
-Ceilings: the issue-11 targets where they are met (2.0x with the probe on, the factory pool
-within 10% of the psycopg2 face); where one is missed (1.3x without checks), the measured
-figure plus a margin, so a regression fails (see CHANGELOG).
+Ceilings: the measured figures plus a margin, each under its issue-11 target where the
+target is met (2.0x with the probe on, the factory pool within 10% of the psycopg2 face);
+where one is missed (1.3x without checks on the psycopg2 face), the measured figure plus a
+margin, so a regression fails while the target stays visible (see CHANGELOG).
 """
 
 from __future__ import annotations
@@ -53,18 +54,20 @@ def ratios(pg_dsn: str) -> Dict[str, float]:
 
 
 def test_psycopg2_face_with_the_probe_on_is_at_most_2x_stock(ratios: Dict[str, float]) -> None:
-    assert ratios["pgpool_compat defaults"] <= 2.0, ratios
+    # Target 2.0x; measured 1.82x (callgrind, --ops 5000): a regression fails before the target.
+    assert ratios["pgpool_compat defaults"] <= 1.9, ratios
 
 
 def test_engine_runner_with_the_probe_on_is_at_most_2x_stock(ratios: Dict[str, float]) -> None:
-    assert ratios["engine runner, psycopg2 driver"] <= 2.0, ratios
+    # Target 2.0x; measured 1.42x.
+    assert ratios["engine runner, psycopg2 driver"] <= 1.5, ratios
 
 
 def test_without_checks_no_regression(ratios: Dict[str, float]) -> None:
-    # The target is 1.3x; measured 1.69x (psycopg2 face) and 1.27x (runner): ceilings with a
+    # The target is 1.3x; measured 1.59x (psycopg2 face) and 1.25x (runner): ceilings with a
     # margin for run-to-run noise, so a regression fails while the target stays visible.
-    assert ratios["pgpool_compat pool_check=None"] <= 1.8, ratios
-    assert ratios["engine runner, check=None"] <= 1.4, ratios
+    assert ratios["pgpool_compat pool_check=None"] <= 1.65, ratios
+    assert ratios["engine runner, check=None"] <= 1.3, ratios
 
 
 def test_factory_pool_costs_no_more_than_the_psycopg2_face_plus_10_percent(

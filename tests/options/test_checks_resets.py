@@ -99,6 +99,7 @@ def test_socket_probe_keeps_a_connection_with_a_pending_notification(
     pool.putconn(again)
 
 
+@pytest.mark.own_session  # kills the connection's own backend: PgBouncer would hide it
 def test_shared_keyed_connection_whose_server_hung_up_is_not_handed_out(
     pg_dsn: str, pools: List[Any]
 ) -> None:

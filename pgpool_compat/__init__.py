@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         pool_id,
     )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _LAZY = {
     "AsyncConnectionPool": "aio",

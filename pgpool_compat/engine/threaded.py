@@ -137,15 +137,15 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                 conn: ConnT = entry.conn
                 return conn
             elif self._validate(entry, now, None, probed=True):
-                conn = entry.conn
-                if self.observer is not None:
-                    self.observer.waited(self.name, monotonic() - now)
-                return conn
+                return self._served(entry.conn, now)
         if timeout is DEFAULT:
             timeout = self.settings.timeout
-        conn = self._acquire_slow(key, timeout, now)
+        return self._served(self._acquire_slow(key, timeout, now), now)
+
+    def _served(self, conn: ConnT, started: float) -> ConnT:
+        """A checkout served off the fast path: timed for metrics when they are on."""
         if self.observer is not None:
-            self.observer.waited(self.name, monotonic() - now)
+            self.observer.waited(self.name, monotonic() - started)
         return conn
 
     def release(self, conn: ConnT, discard: bool = False) -> None:

@@ -38,7 +38,7 @@ from .checks import CheckPolicy
 from .core import SLOT, Grant, Waiter
 from .entry import Entry
 from .stats import Figures, live_runners, register, unregister
-from .threaded import DEFAULT, UPKEEP_INTERVAL, _Keeper
+from .threaded import DEFAULT, _Keeper
 
 __all__ = ["AsyncRunner"]
 
@@ -120,8 +120,6 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
         super().__init__(settings, driver, kind)
         self._checks = _AsyncChecks(settings, driver, self.name)
         self._capture_stacks = settings.leak_timeout is not None
-        self._needs_upkeep = settings.needs_upkeep
-        self._upkeep_due = monotonic() + UPKEEP_INTERVAL
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         # Claims on the books, see the module docstring: connects hold a slot of a key,
         # resets hold an entry; disposals hold nothing but are awaited by close().
@@ -189,7 +187,7 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
             raise PoolClosed()
         core.counters.requests_num += 1
         started = monotonic()
-        if self._needs_upkeep and started >= self._upkeep_due:
+        if started >= core.upkeep_due:
             self._upkeep(started)
         # Hot path: nobody queued, an idle connection, no check that does I/O (no await).
         entry = None if core.waiters else core.take_idle(key, started)
@@ -257,17 +255,10 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
             entry = core.take_back(conn)  # raises NotBorrowed
         now = monotonic()
         used = now - entry.checked_out_at
-        core.counters.usage_ms += used * 1000.0
-        state = None if discard or entry.expired(now) else self.driver.return_state(conn)
-        if state is None:
-            if not discard and not entry.expired(now):
-                core.counters.returns_bad += 1
-            core.drop(entry)
-        elif state:
-            core.hold(entry)
-        else:
-            core.shelve(entry, now)
-        if self._needs_upkeep and now >= self._upkeep_due:
+        state = core.checkin(
+            entry, None if discard else self.driver.return_state(conn), now, discard
+        )
+        if core.upkeep_wanted:
             self._upkeep(now)
         if core.doomed:
             self._dispose_doomed()
@@ -614,7 +605,6 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
 
     def _upkeep(self, now: float) -> None:
         """Expire stale idle connections, report leaks (hot paths, at most once a second)."""
-        self._upkeep_due = now + UPKEEP_INTERVAL
         limit = self.settings.leak_timeout
         for entry in self.core.upkeep(now, self.settings.sweep_batch, limit):
             log.leak(self.name, now - entry.checked_out_at, limit or 0.0, entry.checkout_stack)

@@ -3,6 +3,7 @@ the core's books and the metrics observer. Each runner adds its lock or loop and
 
 from __future__ import annotations
 
+import time
 from typing import Generic, Optional, TypeVar
 
 from ..settings import Settings
@@ -23,6 +24,7 @@ class RunnerBase(Generic[DriverT]):
         self.kind = kind
         self.name = settings.name or f"pool-{id(self):x}"
         self.core = Core(settings)
+        self.core.schedule_upkeep(time.monotonic())
         #: None unless metrics are on; then it hears create, wait and use durations.
         self.observer: Optional[Observer] = None
 

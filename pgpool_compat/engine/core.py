@@ -19,6 +19,7 @@ the outcome back. The books:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple, Union
 
@@ -34,7 +35,10 @@ from ..settings import Settings
 from .entry import UNPREPARED, Entry
 from .stats import Counters, Figures
 
-__all__ = ["SLOT", "Core", "Grant", "Slot", "SubPool", "Waiter"]
+__all__ = ["SLOT", "UPKEEP_INTERVAL", "Core", "Grant", "Slot", "SubPool", "Waiter"]
+
+#: How often lazy upkeep (idle expiry, leak scan) may run on the hot paths, in seconds.
+UPKEEP_INTERVAL = 1.0
 
 
 class Slot:
@@ -109,6 +113,12 @@ class Core:
         self.closed = False
         self.counters = Counters()
         self.timeouts = 0  # never popped: metrics export it as a monotonic counter
+        self._needs_upkeep = settings.needs_upkeep
+        #: When the hot paths next run lazy upkeep (``upkeep()``); never if nothing can go
+        #: stale or leak. The runner sets the first one, the core keeps the schedule.
+        self.upkeep_due = math.inf
+        #: A return found upkeep due under the runner's lock: run it once that is released.
+        self.upkeep_wanted = False
 
     # -- checkout --------------------------------------------------------------------------
 
@@ -122,12 +132,13 @@ class Core:
         entries = self.entries
         while idle:
             conn = idle.pop() if self.lifo else idle.pop(0)
-            entry = entries.get(id(conn)) or self._adopt_stray(conn, sub, now)
+            conn_id = id(conn)  # once: each id() call makes an int object on the hot path
+            entry = entries.get(conn_id) or self._adopt_stray(conn, sub, now)
             if self.may_go_stale and self._stale(entry, now, len(idle) + 1):
                 self._doom(entry, sub)
                 self.offer_slot()
                 continue
-            self.out[id(conn)] = entry  # entry.conn is conn: the books key entries by it
+            self.out[conn_id] = entry  # entry.conn is conn: the books key entries by it
             entry.checked_out_at = now
             return entry
         return None
@@ -220,6 +231,33 @@ class Core:
         return True
 
     # -- return ----------------------------------------------------------------------------
+
+    def checkin(
+        self, entry: Entry, state: Optional[bool], now: float, discard: bool = False
+    ) -> Optional[bool]:
+        """Book the return of a borrowed entry (off ``out`` already), for every runner.
+
+        ``state`` is the driver's ``return_state`` (None when the borrower asked to
+        ``discard`` it). The use is counted, then the entry is shelved (clean), held for a
+        reset (True is returned: the runner resets it and calls ``settled``) or dropped
+        (unusable, past its lifetime, or not kept at the idle cap: no useless reset).
+        Returns what became of it: False shelved, True held, None dropped.
+        """
+        self.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
+        if now >= self.upkeep_due:
+            self.upkeep_due = now + UPKEEP_INTERVAL  # one return per interval asks for it
+            self.upkeep_wanted = True
+        if state is False:  # hot path: clean, kept as is
+            self.shelve(entry, now)
+            return False
+        if state is None:
+            if not discard:
+                self.counters.returns_bad += 1
+        elif not entry.expired(now) and self.keeps(entry):
+            self.hold(entry)
+            return True
+        self.drop(entry)
+        return None
 
     def take_back(self, conn: Any) -> Entry:
         """The entry of a borrowed connection, taken off the borrowed books."""
@@ -327,9 +365,17 @@ class Core:
             wanted += [None] * min(missing, room)
         return wanted
 
+    def schedule_upkeep(self, now: float) -> None:
+        """Lazy upkeep runs again ``UPKEEP_INTERVAL`` after ``now`` (if anything can go
+        stale or leak); the hot paths check ``now >= upkeep_due``."""
+        if self._needs_upkeep:
+            self.upkeep_due = now + UPKEEP_INTERVAL
+        self.upkeep_wanted = False
+
     def upkeep(self, now: float, batch: int, leak_limit: Optional[float]) -> List[Entry]:
         """Lazy upkeep's decisions: doom stale idle connections (see ``sweep``) and return
         the borrowed ones newly past ``leak_limit``, for the runner to report."""
+        self.schedule_upkeep(now)
         self.sweep(now, batch)
         return [] if leak_limit is None else self.leaks(now, leak_limit)
 

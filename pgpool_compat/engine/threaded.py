@@ -29,9 +29,6 @@ from .stats import Figures, live_runners, register, unregister
 
 __all__ = ["DEFAULT", "ThreadedRunner"]
 
-#: How often lazy upkeep (idle expiry, leak scan) may run on the hot paths.
-UPKEEP_INTERVAL = 1.0
-
 monotonic = time.monotonic
 
 
@@ -89,9 +86,6 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         self._lock: Any = threading.RLock() if reentrant else threading.Lock()
         self._checks = CheckPolicy(settings, driver, self.name)
         self._capture_stacks = settings.leak_timeout is not None
-        self._needs_upkeep = settings.needs_upkeep
-        self._upkeep_due = monotonic() + UPKEEP_INTERVAL
-        self._upkeep_wanted = False  # due, noticed under the lock: run once it is released
         self.unlogged_losses = 0
         self._keeper: Optional[_Keeper] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
@@ -113,7 +107,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                 raise PoolClosed()
             core.counters.requests_num += 1
             now = monotonic()
-            upkeep = self._needs_upkeep and now >= self._upkeep_due
+            upkeep = now >= core.upkeep_due
             entry = core.take_idle(key, now)
             doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
             if doomed:
@@ -162,45 +156,24 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                 if core.inherited.pop(id(conn), None) is not None:
                     return  # borrowed before a fork: the parent's, never closed here
                 entry = core.take_back(conn)  # raises NotBorrowed, worded once in the core
-            state = self.returned(entry, discard)
+            state = core.checkin(
+                entry, None if discard else self.driver.return_state(conn), monotonic(), discard
+            )
             doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
             if doomed:
                 core.doomed = []
         finally:
             lock.release()
         # Hot path: the call only when there is something to do after the lock round.
-        if doomed or state or self._upkeep_wanted or self.observer is not None:
+        if doomed or state or core.upkeep_wanted or self.observer is not None:
             self.after_return(entry, state, doomed)
 
-    def returned(self, entry: Entry, discard: bool) -> Optional[bool]:
-        """(Lock held) Book the return of a borrowed entry, off ``out`` already: shelved,
-        dropped, or held for a reset (the state returned: True means ``after_return`` resets
-        it)."""
-        core = self.core
-        now = monotonic()
-        core.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
-        state = None if discard else self.driver.return_state(entry.conn)
-        if state is None:
-            if not discard:
-                core.counters.returns_bad += 1
-            core.drop(entry)
-        elif not state:  # clean: kept as is
-            core.shelve(entry, now)
-        elif core.keeps(entry):
-            core.hold(entry)
-        else:
-            state = None  # not kept anyway (idle cap): closed without a useless reset
-            core.drop(entry)
-        if self._needs_upkeep and now >= self._upkeep_due:
-            self._upkeep_due = now + UPKEEP_INTERVAL
-            self._upkeep_wanted = True
-        return state
-
     def after_return(self, entry: Entry, state: Optional[bool], doomed: List[Entry]) -> None:
-        """The I/O of a return, lock released: close the doomed, upkeep, reset."""
+        """The I/O of a return (``Core.checkin`` booked it), lock released: close the
+        doomed, upkeep, reset."""
         if doomed:
             self._dispose(doomed)
-        if self._upkeep_wanted:
+        if self.core.upkeep_wanted:
             self._tidy(True)
         if state:
             self._settle(entry)
@@ -623,8 +596,6 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         limit = self.settings.leak_timeout
         with self._lock:
             now = monotonic()
-            self._upkeep_due = now + UPKEEP_INTERVAL
-            self._upkeep_wanted = False
             leaked = self.core.upkeep(now, self.settings.sweep_batch, limit)
             ages = [(now - entry.checked_out_at, entry.checkout_stack) for entry in leaked]
         for age, stack in ages:

@@ -190,6 +190,40 @@ def test_idle_cap_dooms_returns_above_it() -> None:
     assert len(core.subpools[None].idle) == 1 and len(core.doomed) == 2 and core.size == 1
 
 
+def test_checkin_counts_the_use_and_shelves_holds_or_drops() -> None:
+    core = make(max_size=6, idle_cap=1, max_lifetime=100.0)
+    clean, dirty, broken, thrown, old, spare = [open_one(core, lend=True) for _ in range(6)]
+    old.expires_at = 5.0
+    assert core.checkin(core.take_back(clean.conn), False, 2.0) is False
+    assert idle_of(core) == [clean.conn] and clean.idle_since == 2.0
+    assert core.counters.usage_ms == 2000.0, "time out, from checkout to return"
+    assert core.checkin(core.take_back(spare.conn), True, 2.0) is None, "over the idle cap"
+    assert core.take_idle(None, 3.0) is clean  # room under the cap again
+    assert core.checkin(core.take_back(dirty.conn), True, 3.0) is True and core.settling == 1
+    assert core.checkin(core.take_back(broken.conn), None, 3.0) is None
+    assert core.checkin(core.take_back(thrown.conn), None, 3.0, discard=True) is None
+    assert core.checkin(core.take_back(old.conn), True, 6.0) is None, "expired: no reset"
+    assert core.counters.returns_bad == 1, "only the connection the driver found unusable"
+    assert [e.conn for e in core.doomed] == [spare.conn, broken.conn, thrown.conn, old.conn]
+
+
+def test_checkin_asks_for_upkeep_once_an_interval() -> None:
+    core = make(max_idle=10.0)
+    entries = [open_one(core, lend=True) for _ in range(2)]
+    core.schedule_upkeep(0.0)
+    core.checkin(core.take_back(entries[0].conn), False, 0.5)
+    assert not core.upkeep_wanted, "not due before the interval"
+    core.checkin(core.take_back(entries[1].conn), False, 1.5)
+    assert core.upkeep_wanted
+    core.upkeep(1.6, 0, None)
+    assert not core.upkeep_wanted and core.upkeep_due == 2.6
+    never = make()  # nothing can go stale or leak: no upkeep at all
+    never.schedule_upkeep(0.0)
+    entry = open_one(never, lend=True)
+    never.checkin(never.take_back(entry.conn), False, 1e9)
+    assert not never.upkeep_wanted and never.upkeep_due == float("inf")
+
+
 def test_sweep_keeps_the_minimum_and_respects_the_batch() -> None:
     core = make(max_size=5, min_size=1, max_idle=10.0)
     for _ in range(4):

@@ -16,7 +16,7 @@ import pytest
 
 from pgpool_compat.testing import PostgresServer
 from tests.helpers import pid_of, scalar
-from tests.parity.faces import Face, faces
+from tests.parity.faces import Face, faces, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,6 +79,21 @@ def test_reset_runs_on_return_and_a_failure_costs_the_connection_not_the_slot(
     assert stats["returns_bad"] == 1 and stats["pool_size"] == 0
     fresh = pool.get()  # max 1: only possible if the slot was freed
     assert fresh is not conn and scalar(fresh, "SELECT 1") == 1
+
+
+@faces()
+def test_a_connection_returned_past_its_lifetime_is_closed_without_a_reset(face: Face) -> None:
+    resets: List[Any] = []
+    pool = face.pool(1, 1, reset=resets.append, max_lifetime=0.2)
+    conn = pool.get()
+    scalar(conn, "SELECT 1")  # leaves a transaction open: kept, it would need the reset
+    time.sleep(0.3)  # past the lifetime (jitter only ever shortens it)
+    pool.put(conn)
+    assert resets == [], "a reset of a connection about to be closed is wasted I/O"
+    wait_until(lambda: bool(conn.closed), what="the expired connection closed")
+    stats = pool.stats()
+    assert stats["returns_bad"] == 0 and stats["pool_size"] == 0
+    assert scalar(pool.get(), "SELECT 1") == 1
 
 
 @faces()

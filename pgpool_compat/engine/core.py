@@ -125,17 +125,20 @@ class Core:
     def take_idle(self, key: Hashable, now: float) -> Optional[Entry]:
         """Lend an idle connection of ``key`` (the newest, or the oldest when not lifo);
         stale ones met on the way are doomed."""
-        sub = self.subpools.get(key)
-        if sub is None:
+        # Subscripts in try blocks, not .get(): cheaper on this hot path, the misses rare.
+        try:
+            idle = self.subpools[key].idle
+        except KeyError:  # no connection of that key yet
             return None
-        idle = sub.idle
-        entries = self.entries
         while idle:
             conn = idle.pop() if self.lifo else idle.pop(0)
             conn_id = id(conn)  # once: each id() call makes an int object on the hot path
-            entry = entries.get(conn_id) or self._adopt_stray(conn, sub, now)
+            try:
+                entry = self.entries[conn_id]
+            except KeyError:
+                entry = self._adopt_stray(conn, self.subpools[key], now)
             if self.may_go_stale and self._stale(entry, now, len(idle) + 1):
-                self._doom(entry, sub)
+                self._doom(entry, self.subpools[key])
                 self.offer_slot()
                 continue
             self.out[conn_id] = entry  # entry.conn is conn: the books key entries by it
@@ -233,22 +236,48 @@ class Core:
     # -- return ----------------------------------------------------------------------------
 
     def checkin(
-        self, entry: Entry, state: Optional[bool], now: float, discard: bool = False
+        self,
+        entry: Entry,
+        state: Optional[bool],
+        now: float,
+        discard: bool = False,
+        borrowed: bool = True,
     ) -> Optional[bool]:
-        """Book the return of a borrowed entry (off ``out`` already), for every runner.
+        """An entry neither idle nor lent (off ``out`` already) comes back to the pool: the
+        one place that decides where it goes, for every runner and face.
 
-        ``state`` is the driver's ``return_state`` (None when the borrower asked to
-        ``discard`` it). The use is counted, then the entry is shelved (clean), held for a
-        reset (True is returned: the runner resets it and calls ``settled``) or dropped
-        (unusable, past its lifetime, or not kept at the idle cap: no useless reset).
-        Returns what became of it: False shelved, True held, None dropped.
+        ``state`` is what the driver's ``return_state`` said: False usable as is, True
+        needs a reset, None unusable (or the caller asked to ``discard`` it). A usable entry
+        goes to the oldest waiter of its key, else idle; it is dropped if the pool is closed,
+        it is past its lifetime or idle ones are at the cap. One that needs a reset is held
+        for it (True is returned: the runner resets it, then calls ``settled``) unless it
+        would be dropped anyway (no useless reset). ``borrowed``: it comes back from a
+        borrower (not opened, reset or checked): its use is counted, and lazy upkeep asked
+        for when due. Returns what became of it: False kept, True held, None dropped.
         """
-        self.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
-        if now >= self.upkeep_due:
-            self.upkeep_due = now + UPKEEP_INTERVAL  # one return per interval asks for it
-            self.upkeep_wanted = True
-        if state is False:  # hot path: clean, kept as is
-            self.shelve(entry, now)
+        if borrowed:
+            self.counters.usage_ms += (now - entry.checked_out_at) * 1000.0
+            if now >= self.upkeep_due:
+                self.upkeep_due = now + UPKEEP_INTERVAL  # one return per interval asks
+                self.upkeep_wanted = True
+        if state is False:  # the hot path: usable as is
+            sub = self.subpools[entry.key]
+            if self.closed:
+                self._doom(entry, sub)
+                return None
+            if entry.expires_at is not None and now >= entry.expires_at:
+                self.drop(entry)
+                return None
+            if self.waiters and self._hand_to_waiter(entry, now):
+                return False
+            cap = self.idle_cap
+            if cap is None:
+                cap = self.max_size
+            if len(sub.idle) + self.settling >= cap:
+                self.drop(entry)
+                return None
+            entry.idle_since = now
+            sub.idle.append(entry.conn)
             return False
         if state is None:
             if not discard:
@@ -267,24 +296,9 @@ class Core:
         return entry
 
     def shelve(self, entry: Entry, now: float) -> None:
-        """A usable connection neither idle nor lent: to the oldest waiter of its key, else
-        idle; doomed if the pool is closed, it is past its lifetime, or idle ones are at
-        the cap."""
-        sub = self.subpools[entry.key]
-        if self.closed:
-            self._doom(entry, sub)
-            return
-        if entry.expires_at is not None and now >= entry.expires_at:
-            self.drop(entry)
-            return
-        if self.waiters and self._hand_to_waiter(entry, now):
-            return
-        cap = self.max_size if self.idle_cap is None else self.idle_cap
-        if len(sub.idle) + self.settling >= cap:
-            self.drop(entry)
-            return
-        entry.idle_since = now
-        sub.idle.append(entry.conn)
+        """A usable connection no borrower returned (new, reset, checked, or given back by
+        a waiter that gave up): to a waiter, idle, or dropped, by ``checkin``'s rule."""
+        self.checkin(entry, False, now, borrowed=False)
 
     def add_idle(self, entry: Entry, now: float) -> None:
         """Put a new connection idle whatever the cap (psycopg2.pool's ``_connect``)."""
@@ -292,7 +306,7 @@ class Core:
         self.subpools[entry.key].idle.append(entry.conn)
 
     def keeps(self, entry: Entry) -> bool:
-        """Whether ``shelve`` would keep ``entry`` now (a waiter, or room under the idle cap)."""
+        """Whether ``checkin`` would keep ``entry`` now (a waiter, or room under the cap)."""
         if self.waiters:
             return True
         cap = self.max_size if self.idle_cap is None else self.idle_cap

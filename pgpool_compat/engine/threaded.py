@@ -109,7 +109,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             now = monotonic()
             upkeep = now >= core.upkeep_due
             entry = core.take_idle(key, now)
-            doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
+            doomed = core.doomed  # taken in this lock round: see release()
             if doomed:
                 core.doomed = []
         finally:
@@ -159,7 +159,9 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             state = core.checkin(
                 entry, None if discard else self.driver.return_state(conn), monotonic(), discard
             )
-            doomed = core.doomed  # taken under the lock: closed before anyone can wait on it
+            # Taken in this lock round and closed right after it: a slot the core freed may
+            # let another thread connect, and the server must not see more than max_size.
+            doomed = core.doomed
             if doomed:
                 core.doomed = []
         finally:
@@ -170,7 +172,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
 
     def after_return(self, entry: Entry, state: Optional[bool], doomed: List[Entry]) -> None:
         """The I/O of a return (``Core.checkin`` booked it), lock released: close the
-        doomed, upkeep, reset."""
+        doomed, upkeep if due, reset."""
         if doomed:
             self._dispose(doomed)
         if self.core.upkeep_wanted:
@@ -183,8 +185,8 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
     def lend_idle_probed(self, key: Hashable, now: float) -> Optional[Entry]:
         """(Lock held) Lend an idle connection of ``key`` that passes the socket probe, run
         here under the lock (a zero-timeout poll, no round trip): the psycopg2 face's
-        one-lock-round checkout. Dead ones are counted and doomed; ``log_losses()`` logs
-        them once the lock is released."""
+        one-lock-round checkout. Dead ones are counted and doomed; ``_dispose_doomed()``
+        logs them once the lock is released."""
         core = self.core
         probe = self._checks.probe
         while True:
@@ -197,12 +199,6 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             core.drop(entry)
             self.unlogged_losses += 1
 
-    def log_losses(self) -> None:
-        """Log the dead connections ``lend_idle_probed`` dropped (lock released)."""
-        with self._lock:
-            lost, self.unlogged_losses = self.unlogged_losses, 0
-        for _ in range(lost):
-            log.dead_dropped(self.name, "socket")
 
     # -- other verbs -----------------------------------------------------------------------
 
@@ -573,10 +569,14 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         return dead
 
     def _dispose_doomed(self) -> None:
-        """Close what the core doomed (lock released)."""
+        """Close what the core doomed, and log the dead ``lend_idle_probed`` dropped (lock
+        released): whichever thread gets here first does it, once."""
         with self._lock:
             doomed, self.core.doomed = self.core.doomed, []
+            lost, self.unlogged_losses = self.unlogged_losses, 0
         self._dispose(doomed)
+        for _ in range(lost):
+            log.dead_dropped(self.name, "socket")
 
     def _dispose(self, doomed: List[Entry]) -> None:
         dispose = self.driver.dispose_with

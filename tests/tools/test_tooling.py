@@ -1,5 +1,5 @@
 """The repository's tools: scripts/reliability_table.py, the PgBouncer helper's command line,
-and scripts/test.sh's install stamp."""
+scripts/test.sh's install stamp, and benchmarks/hot_path_floor.py."""
 
 from __future__ import annotations
 
@@ -172,3 +172,26 @@ def test_test_script_installs_only_when_packaging_files_change(tmp_path: Path) -
     with open(copy / "setup.cfg", "a") as setup_cfg:
         setup_cfg.write("# a new dependency, say\n")
     assert any("-e .[test,bench,plot]" in call for call in pip_calls_of_a_run())
+
+
+def test_hot_path_floor_compares_the_yardsticks_with_stock_and_ours(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "hot_path_floor", REPO / "benchmarks" / "hot_path_floor.py"
+    )
+    assert spec is not None and spec.loader is not None
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    # The yardsticks keep psycopg2.pool's key contract on the path they know.
+    for kind in (floor.FloorPool, floor.ProbedFloorPool):
+        pool = kind(pg_dsn)
+        conn = pool.getconn("admin")
+        assert pool.getconn("admin") is conn
+        pool.putconn(conn)
+        assert pool.getconn() is conn and pool.requests == 2 and pool.usage_ms >= 0.0
+        conn.close()
+    assert floor.main(["--dsn", pg_dsn, "--rounds", "1", "--pairs", "50"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row[:32].strip() for row in rows] == list(floor.POOLS)
+    assert all(row.split()[-1].endswith("x") for row in rows)

@@ -4,10 +4,11 @@ Instruction counts (valgrind's callgrind, via ``benchmarks/overhead_instructions
 not swing with the machine's load the way wall-clock timings do, so a ceiling on the ratio
 to stock psycopg2.pool, measured in the same run, is a test that can fail for real.
 
-Ceilings: the measured figures plus a margin, each under its issue-11 target where the
+Ceilings: the measured figures plus a margin for the interpreter's build (Debian's Python
+3.11.2 counts about 5% more than pyenv's 3.11.7), each under its issue-11 target where the
 target is met (2.0x with the probe on, the factory pool within 10% of the psycopg2 face);
-where one is missed (1.3x without checks on the psycopg2 face), the measured figure plus a
-margin, so a regression fails while the target stays visible (see CHANGELOG).
+where one is missed (1.3x without checks on the psycopg2 face), the measured figure plus that
+margin, so a regression fails while the target stays visible (see docs/bench.md).
 """
 
 from __future__ import annotations
@@ -54,22 +55,20 @@ def ratios(pg_dsn: str) -> Dict[str, float]:
 
 
 def test_psycopg2_face_with_the_probe_on_is_at_most_2x_stock(ratios: Dict[str, float]) -> None:
-    # Target 2.0x. Ratios depend on the interpreter's build: measured 1.82x on pyenv's 3.11.7,
-    # 1.91x on Debian's 3.11.2 (callgrind, --ops 5000), so the gate is the target itself.
-    assert ratios["pgpool_compat defaults"] <= 2.0, ratios
+    # Target 2.0x; measured 1.72x on pyenv's 3.11.7 (callgrind, --ops 5000).
+    assert ratios["pgpool_compat defaults"] <= 1.9, ratios
 
 
 def test_engine_runner_with_the_probe_on_is_at_most_2x_stock(ratios: Dict[str, float]) -> None:
-    # Target 2.0x; measured 1.42x (pyenv 3.11.7) and 1.46x (Debian 3.11.2).
-    assert ratios["engine runner, psycopg2 driver"] <= 1.6, ratios
+    # Target 2.0x; measured 1.34x (pyenv 3.11.7).
+    assert ratios["engine runner, psycopg2 driver"] <= 1.5, ratios
 
 
 def test_without_checks_no_regression(ratios: Dict[str, float]) -> None:
-    # The target is 1.3x (missed by the psycopg2 face); measured 1.59x / 1.67x (face) and
-    # 1.25x / 1.30x (runner) on pyenv's 3.11.7 / Debian's 3.11.2: ceilings above both builds,
-    # so a regression fails while the target stays visible.
-    assert ratios["pgpool_compat pool_check=None"] <= 1.75, ratios
-    assert ratios["engine runner, check=None"] <= 1.4, ratios
+    # The target is 1.3x (missed by the psycopg2 face: see docs/bench.md, "The floor under
+    # the targets"); measured 1.50x (face) and 1.18x (runner) on pyenv's 3.11.7.
+    assert ratios["pgpool_compat pool_check=None"] <= 1.65, ratios
+    assert ratios["engine runner, check=None"] <= 1.3, ratios
 
 
 def test_factory_pool_costs_no_more_than_the_psycopg2_face_plus_10_percent(

@@ -199,7 +199,6 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             core.drop(entry)
             self.unlogged_losses += 1
 
-
     # -- other verbs -----------------------------------------------------------------------
 
     def prefill(self, n: Optional[int] = None, key: Hashable = None) -> int:

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import psycopg2
 import pytest
@@ -55,6 +55,31 @@ class Call(threading.Thread):
         return not self.is_alive()
 
 
+class Gate:
+    """A pool's ``check`` / ``reset`` (or a factory's connect) that blocks until ``release``
+    is set; ``entered`` is set once a call blocks. ``target`` (set it once the pool exists)
+    limits the blocking to that one connection; ``calls`` counts the calls."""
+
+    def __init__(self, *, selective: bool = False) -> None:
+        self.release, self.entered = threading.Event(), threading.Event()
+        self.selective = selective
+        self.target: Any = None
+        self.calls = 0
+
+    def block(self, conn: Any = None) -> None:
+        self.calls += 1
+        if not self.selective or (self.target is not None and conn is self.target):
+            self.entered.set()
+            self.release.wait(GATE)
+
+    def check(self, conn: Any) -> bool:
+        self.block(conn)
+        return True
+
+    def reset(self, conn: Any) -> None:
+        self.block(conn)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -68,21 +93,18 @@ def blocked_in_wait(pool: Any, requests: int) -> Callable[[], bool]:
     return lambda: pool.get_stats()["requests_num"] >= requests
 
 
-def gate_connect(pool: Any) -> Tuple[threading.Event, threading.Event, List[int]]:
-    """Make the pool's next connects block until ``release`` is set; ``entered`` is set when
-    one is blocked; ``calls`` counts connects."""
-    release, entered = threading.Event(), threading.Event()
-    calls: List[int] = []
+def gate_connect(pool: Any) -> Gate:
+    """Make the pool's next connects block until the gate is released (``calls`` counts
+    them)."""
+    gate = Gate()
     connect = pool._driver.connect
 
     def gated() -> Any:
-        calls.append(1)
-        entered.set()
-        release.wait(GATE)
+        gate.block()
         return connect()
 
     pool._driver.connect = gated
-    return release, entered, calls
+    return gate
 
 
 @pytest.fixture
@@ -219,31 +241,23 @@ def test_a_return_wakes_a_caller_waiting_for_a_check_to_finish(
     waits on _books_changed; a clean putconn (or a close freeing a slot) does not notify it,
     so it sleeps until check() ends although a connection (or slot) is free."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-    gated: List[Any] = []
-
-    def check(conn: Any) -> bool:
-        if gated and conn is gated[0]:
-            entered.set()
-            release.wait(GATE)
-        return True
-
-    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=check)
+    gate = Gate(selective=True)
+    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=gate.check)
     pools.append(pool)
     used = pool.getconn()
     conns.append(used)
-    gated.append(pool._pool[0])
+    gate.target = pool._pool[0]
     checker = Call(pool.check)  # holds the other idle connection, blocked in the check
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         before = pool.get_stats()["requests_num"]
         caller = Call(pool.getconn)
         wait_for(blocked_in_wait(pool, before + 1))
         pool.putconn(used, close=close)
         served = caller.finished_within(1.5)
-        check_running = not release.is_set() and checker.is_alive()
+        check_running = not gate.release.is_set() and checker.is_alive()
     finally:
-        release.set()
+        gate.release.set()
         checker.join(JOIN)
         caller.join(JOIN)
     if caller.result is not None:
@@ -261,20 +275,20 @@ def test_closeall_wakes_a_caller_waiting_for_a_key_without_a_new_connect(
     pools, _conns = made
     pool = pgpool_compat.ThreadedConnectionPool(0, 2, pg_dsn)
     pools.append(pool)
-    release, entered, calls = gate_connect(pool)
+    gate = gate_connect(pool)
     first = Call(lambda: pool.getconn("k"))
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         second = Call(lambda: pool.getconn("k"))
         wait_for(blocked_in_wait(pool, 2))
         pool.closeall()
     finally:
-        release.set()
+        gate.release.set()
         first.join(JOIN)
         second.join(JOIN)
     assert isinstance(first.error, PoolError) and "closed" in str(first.error)
     assert isinstance(second.error, PoolError) and "closed" in str(second.error)
-    assert len(calls) == 1, f"{len(calls) - 1} server connection(s) opened after closeall()"
+    assert gate.calls == 1, f"{gate.calls - 1} server connection(s) opened after closeall()"
 
 
 def test_pool_timeout_bounds_a_wait_for_another_callers_connect_of_the_key(
@@ -285,14 +299,14 @@ def test_pool_timeout_bounds_a_wait_for_another_callers_connect_of_the_key(
     pools, conns = made
     pool = pgpool_compat.ThreadedConnectionPool(0, 2, pg_dsn, pool_timeout=0.3)
     pools.append(pool)
-    release, entered, _calls = gate_connect(pool)
+    gate = gate_connect(pool)
     first = Call(lambda: pool.getconn("k"))
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         second = Call(lambda: pool.getconn("k"))
         bounded = second.finished_within(1.5)
     finally:
-        release.set()
+        gate.release.set()
         first.join(JOIN)
         second.join(JOIN)
     for call in (first, second):
@@ -306,13 +320,10 @@ def test_prefill_stops_connecting_once_the_pool_is_closed(pg_dsn: str, made: Any
     """BUG: _refill's loop opens, then disposes, every missing connection after closeall()
     instead of stopping at the first one that finds the pool closed."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-    calls: List[Any] = []
+    gate = Gate()
 
     def factory() -> Any:
-        calls.append(1)
-        entered.set()
-        release.wait(GATE)
+        gate.block()
         conn = psycopg2.connect(pg_dsn)
         conns.append(conn)
         return conn
@@ -321,14 +332,14 @@ def test_prefill_stops_connecting_once_the_pool_is_closed(pg_dsn: str, made: Any
     pools.append(pool)
     filler = Call(lambda: pool.prefill(3))
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         pool.close_all()
     finally:
-        release.set()
+        gate.release.set()
         filler.join(JOIN)
     assert not filler.is_alive()
     assert all(conn.closed for conn in conns)
-    assert len(calls) == 1, f"{len(calls) - 1} connection(s) opened after close_all()"
+    assert gate.calls == 1, f"{gate.calls - 1} connection(s) opened after close_all()"
 
 
 # -- rules that hold: pinned so that they keep holding ---------------------------------------
@@ -338,21 +349,13 @@ def test_slow_check_runs_unlocked_and_its_connection_still_counts(pg_dsn: str, m
     """A check callable runs with the lock released (others get and put meanwhile), and the
     connection under check keeps its slot: at maxconn a newcomer cannot take it."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-    gated: List[Any] = []
-
-    def check(conn: Any) -> bool:
-        if gated and conn is gated[0]:
-            entered.set()
-            release.wait(GATE)
-        return True
-
-    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=check)
+    gate = Gate(selective=True)
+    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=gate.check)
     pools.append(pool)
-    gated.append(pool._pool[-1])  # LIFO: the first getconn checks this one
+    gate.target = pool._pool[-1]  # LIFO: the first getconn checks this one
     checking = Call(pool.getconn)
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         other = pool.getconn()  # the lock is free: the other idle connection is handed out
         conns.append(other)
         assert pool.get_stats()["pool_size"] == 2
@@ -360,9 +363,9 @@ def test_slow_check_runs_unlocked_and_its_connection_still_counts(pg_dsn: str, m
             pool.getconn()  # the slot under check is not free
         pool.putconn(other)
     finally:
-        release.set()
+        gate.release.set()
         checking.join(JOIN)
-    assert checking.result is gated[0]
+    assert checking.result is gate.target
     assert pool._pool == [other]
 
 
@@ -371,23 +374,17 @@ def test_closeall_during_a_slow_check_closes_it_and_fails_the_caller(
 ) -> None:
     """A connection being checked when closeall() runs is closed, never handed out."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-
-    def check(conn: Any) -> bool:
-        entered.set()
-        release.wait(GATE)
-        return True
-
-    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_check=check)
+    gate = Gate()
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_check=gate.check)
     pools.append(pool)
     idle = pool._pool[0]
     conns.append(idle)
     checking = Call(pool.getconn)
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         pool.closeall()
     finally:
-        release.set()
+        gate.release.set()
         checking.join(JOIN)
     assert isinstance(checking.error, PoolError) and "closed" in str(checking.error)
     assert idle.closed
@@ -396,23 +393,18 @@ def test_closeall_during_a_slow_check_closes_it_and_fails_the_caller(
 def test_closeall_during_a_reset_closes_the_connection_after_it(pg_dsn: str, made: Any) -> None:
     """A return being reset when closeall() runs is closed once the reset ends, not shelved."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-
-    def reset(conn: Any) -> None:
-        entered.set()
-        release.wait(GATE)
-
-    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_reset=reset)
+    gate = Gate()
+    pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_reset=gate.reset)
     pools.append(pool)
     conn = pool.getconn()
     conns.append(conn)
     returning = Call(lambda: pool.putconn(conn))
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         pool.closeall()
         assert not conn.closed  # not closed under the reset's feet
     finally:
-        release.set()
+        gate.release.set()
         returning.join(JOIN)
     assert returning.error is None
     assert conn.closed and conn not in pool._pool
@@ -422,29 +414,21 @@ def test_same_key_during_a_slow_check_gets_one_connection(pg_dsn: str, made: Any
     """getconn(key) twice while the first is checking an idle connection: both callers get
     the same connection, and the extra one opened meanwhile goes idle, booked nowhere else."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-    gated: List[Any] = []
-
-    def check(conn: Any) -> bool:
-        if gated and conn is gated[0]:
-            entered.set()
-            release.wait(GATE)
-        return True
-
-    pool = pgpool_compat.ThreadedConnectionPool(1, 3, pg_dsn, pool_check=check)
+    gate = Gate(selective=True)
+    pool = pgpool_compat.ThreadedConnectionPool(1, 3, pg_dsn, pool_check=gate.check)
     pools.append(pool)
-    gated.append(pool._pool[0])
+    gate.target = pool._pool[0]
     first = Call(lambda: pool.getconn("k"))
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         second = pool.getconn("k")  # no idle one: opens a new connection for "k"
         conns.append(second)
     finally:
-        release.set()
+        gate.release.set()
         first.join(JOIN)
     assert first.result is second
     assert pool._used == {"k": second}
-    assert pool._pool == [gated[0]]
+    assert pool._pool == [gate.target]
     assert pool.get_stats()["pool_size"] == 2
 
 
@@ -458,23 +442,18 @@ def test_closeall_racing_a_wake_up_never_hands_out_a_closed_connection(
     that closed connection (with pool_check=None nothing else would catch it; with the socket
     probe it is counted as a lost connection)."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
-    gated: List[Any] = []
-
-    def reset(conn: Any) -> None:
-        if gated and conn is gated[0]:
-            entered.set()
-            release.wait(GATE)
-
-    pool = pgpool_compat.ThreadedConnectionPool(2, 2, pg_dsn, pool_check=check, pool_reset=reset)
+    gate = Gate(selective=True)
+    pool = pgpool_compat.ThreadedConnectionPool(
+        2, 2, pg_dsn, pool_check=check, pool_reset=gate.reset
+    )
     pools.append(pool)
     first, second = pool.getconn(), pool.getconn()
     conns.extend([first, second])
-    gated.append(first)
+    gate.target = first
     returning = Call(lambda: pool.putconn(first))  # its reset blocks: one slot "settling"
     caller: Optional[Call] = None
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         before = pool.get_stats()["requests_num"]
         caller = Call(pool.getconn)
         wait_for(blocked_in_wait(pool, before + 1))
@@ -482,7 +461,7 @@ def test_closeall_racing_a_wake_up_never_hands_out_a_closed_connection(
             pool.putconn(second)
             pool.closeall()
     finally:
-        release.set()
+        gate.release.set()
         returning.join(JOIN)
         if caller is not None:
             caller.join(JOIN)
@@ -502,8 +481,8 @@ def test_a_waiter_given_a_slot_just_before_closeall_does_not_connect(
     pools.append(pool)
     held = pool.getconn()
     conns.append(held)
-    release, _entered, calls = gate_connect(pool)
-    release.set()  # connects go through; only counted
+    gate = gate_connect(pool)
+    gate.release.set()  # connects go through; only counted
     waiter = Call(pool.getconn)
     try:
         wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
@@ -513,7 +492,7 @@ def test_a_waiter_given_a_slot_just_before_closeall_does_not_connect(
     finally:
         waiter.join(JOIN)
     assert isinstance(waiter.error, PoolError) and "closed" in str(waiter.error)
-    assert calls == [], "a server connection was opened after closeall()"
+    assert gate.calls == 0, "a server connection was opened after closeall()"
 
 
 def test_a_waiter_for_a_key_is_served_as_soon_as_that_key_is_booked(pg_dsn: str, made: Any) -> None:
@@ -541,16 +520,11 @@ def test_check_never_hands_a_waiter_a_connection_past_its_lifetime(pg_dsn: str, 
     outlived pool_max_lifetime while being checked must be closed instead (the waiter gets a
     new one): "never hand out a connection older than its lifetime"."""
     pools, conns = made
-    release, entered = threading.Event(), threading.Event()
+    gate = Gate()
     lifetime = 0.3
 
-    def check(conn: Any) -> bool:
-        entered.set()
-        release.wait(GATE)
-        return True
-
     pool = pgpool_compat.ThreadedConnectionPool(
-        1, 1, pg_dsn, pool_check=check, pool_max_lifetime=lifetime, pool_timeout=3.0
+        1, 1, pg_dsn, pool_check=gate.check, pool_max_lifetime=lifetime, pool_timeout=3.0
     )
     pools.append(pool)
     old = pool._pool[0]
@@ -558,12 +532,12 @@ def test_check_never_hands_a_waiter_a_connection_past_its_lifetime(pg_dsn: str, 
     checker = Call(pool.check)
     waiter: Optional[Call] = None
     try:
-        assert entered.wait(GATE)
+        assert gate.entered.wait(GATE)
         waiter = Call(pool.getconn)  # full (the check holds the only slot): queued
         wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
         time.sleep(lifetime + 0.05)  # the connection under check is now past its lifetime
     finally:
-        release.set()
+        gate.release.set()
         checker.join(JOIN)
         if waiter is not None:
             waiter.join(JOIN)

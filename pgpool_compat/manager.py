@@ -31,7 +31,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,7 +38,6 @@ from typing import (
     Any,
     Callable,
     ClassVar,
-    Deque,
     Dict,
     Iterator,
     List,
@@ -57,9 +55,9 @@ from .driver import Psycopg2Driver
 from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id, target_name
 from .engine import log
-from .engine.core import SLOT
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _ThreadWaiter
+from .engine.waiting import SLOT, Grant, Waiter, WaitQueue
 from .settings import PoolOptions, check_seconds, check_size
 
 __all__ = [
@@ -483,7 +481,7 @@ class Pool:
         # Wall clock by default, as queries: its users compare idle_start with time.time().
         self.time_method = time_method or time.time
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
-        self._waiters: Deque[_Turn] = deque()  # PoolManager.connection callers, oldest first
+        self._waiters = WaitQueue()  # PoolManager.connection callers (_Turn), oldest first
         self._serving = False
         register(self)
 
@@ -742,27 +740,43 @@ class Pool:
             self._serving = False
 
     def _serve_in_order(self) -> None:
-        while self._waiters:
-            turn = self._waiters[0]
-            handle = self._take_idle(turn.lease) if self.idle_connections else None
-            if handle is None and self.is_full:
-                return
-            self._waiters.popleft()
-            if handle is None:
-                self._reserved += 1
-            turn.handle = handle
-            if turn.offer(SLOT):
-                continue
-            if handle is None:  # refused: undo the reservation
-                self._reserved -= 1
-            else:
-                self.connection_handle(handle).used_by = None
+        while self._waiters.serve(self._grant, self._refused, all_alike=True):
+            pass
+
+    def _grant(self, turn: Waiter) -> Optional[Grant]:
+        """What the oldest waiter is offered (lock held): an idle connection locked to its
+        lease (``turn.handle``), else a slot reserved to connect in, else nothing."""
+        assert isinstance(turn, _Turn)
+        handle = self._take_idle(turn.lease) if self.idle_connections else None
+        if handle is None:
+            if self.is_full:
+                return None
+            self._reserved += 1
+        turn.handle = handle
+        return SLOT
+
+    def _refused(self, turn: Waiter, _grant: Grant) -> None:
+        """A waiter that gave up in the same instant refused its grant: undo it."""
+        assert isinstance(turn, _Turn)
+        if turn.handle is None:
+            self._reserved -= 1
+        else:
+            self.connection_handle(turn.handle).used_by = None
+
+    def _hand_on(self, turn: _Turn) -> None:
+        """``turn`` was served just as it gave up: its slot or connection goes to the next
+        in line (lock held)."""
+        if turn.grant is not SLOT:
+            return  # the pool went away (_PoolGone): nothing was granted
+        if turn.handle is None:
+            self._reserved -= 1
+            self._serve()
+        elif turn.handle in self:
+            self.free(turn.handle)
 
     def _turn_away(self) -> None:
         """The pool is being removed: its waiters start over on a new one (lock held)."""
-        waiters, self._waiters = self._waiters, deque()
-        for turn in waiters:
-            turn.offer(_PoolGone())
+        self._waiters.fail_all(_PoolGone())
 
     def _shutdown(self, deadline: float) -> List[int]:
         """Take every non-executing connection off the books and close it; return the ids
@@ -1184,7 +1198,7 @@ class PoolManager:
                 if now >= deadline:
                     raise cls._timed_out(pool, lease)
                 turn = _Turn(lease, now)
-                pool._waiters.append(turn)
+                pool._waiters.enqueue(turn)
             try:
                 turn.sleep(deadline)
             except BaseException:  # KeyboardInterrupt while asleep: hand on what we got
@@ -1210,13 +1224,7 @@ class PoolManager:
     def _give_up(pool: Pool, turn: _Turn) -> None:
         """Leave the queue (lock held), handing on whatever was granted in the same instant."""
         turn.gave_up = True
-        if turn in pool._waiters:
-            pool._waiters.remove(turn)
-        elif turn.grant is SLOT and turn.handle is None:
-            pool._reserved -= 1
-            pool._serve()
-        elif turn.grant is SLOT and turn.handle in pool:
-            pool.free(turn.handle)
+        pool._waiters.give_up(turn, turn.grant, lambda _grant: pool._hand_on(turn))
 
     @classmethod
     def _checkin(cls, pid: str, pool: Pool, handle: Any) -> None:

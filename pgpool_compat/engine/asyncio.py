@@ -35,10 +35,10 @@ from ..settings import Settings
 from . import log
 from .base import RunnerBase
 from .checks import CheckPolicy
-from .core import SLOT, Grant, Waiter
 from .entry import Entry
 from .stats import Figures, live_runners, register, unregister
 from .threaded import DEFAULT, _Keeper
+from .waiting import SLOT, Grant, Waiter
 
 __all__ = ["AsyncRunner"]
 
@@ -414,13 +414,12 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
         try:
             await asyncio.wait((future,), timeout=None if deadline is None else deadline - now)
         except asyncio.CancelledError:
-            self._give_back(waiter)
+            self._give_up(waiter)
             raise
         finally:
             core.counters.requests_wait_ms += (monotonic() - now) * 1000.0
         if not future.done():
-            future.cancel()
-            core.withdraw(waiter)
+            self._give_up(waiter)
             raise self._timed_out(started, timeout)
         grant = future.result()
         if isinstance(grant, BaseException):
@@ -428,14 +427,13 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
             raise grant
         return grant
 
-    def _give_back(self, waiter: _TaskWaiter) -> None:
+    def _give_up(self, waiter: _TaskWaiter) -> None:
         """A waiter gave up: leave the queue, handing on whatever it was just granted."""
         future = waiter.future
-        if not future.done():
-            future.cancel()
-            self.core.withdraw(waiter)
-            return
-        self.core.give_back(waiter, future.result(), monotonic())
+        served = future.done()
+        if not served:
+            future.cancel()  # refuses whatever is offered from now on
+        self.core.give_up(waiter, future.result() if served else None, monotonic())
         if self.core.doomed:
             self._dispose_doomed()
 

@@ -12,16 +12,16 @@ the outcome back. The books:
 - ``out``: the borrowed entries, by ``id(conn)``;
 - ``used`` / ``rused``: the psycopg2 face's checkout-key books (key -> connection,
   ``id(conn)`` -> key), its ``_used`` and ``_rused``; empty for every other face;
-- ``waiters``: one first-come-first-served queue; a waiter's ``offer()`` says whether it took
-  what it was offered, so one that timed out in the same instant is simply skipped;
+- ``waiters``: one first-come-first-served queue (``waiting.WaitQueue``, the rule every pool
+  kind shares); a waiter's ``offer()`` says whether it took what it was offered, so one that
+  timed out in the same instant is simply skipped;
 - ``doomed``: entries to dispose, which the runner closes once its lock is released.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 from ..errors import (
     DUPLICATE_MESSAGE,
@@ -34,41 +34,12 @@ from ..errors import (
 from ..settings import Settings
 from .entry import UNPREPARED, Entry
 from .stats import Counters, Figures
+from .waiting import SLOT, Grant, Waiter, WaitQueue
 
-__all__ = ["SLOT", "UPKEEP_INTERVAL", "Core", "Grant", "Slot", "SubPool", "Waiter"]
+__all__ = ["UPKEEP_INTERVAL", "Core", "SubPool"]
 
 #: How often lazy upkeep (idle expiry, leak scan) may run on the hot paths, in seconds.
 UPKEEP_INTERVAL = 1.0
-
-
-class Slot:
-    """A grant meaning: a slot is reserved for you, open the connection yourself."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "SLOT"
-
-
-SLOT = Slot()
-
-#: What a waiter is offered: a connection already booked to it, a slot, or an error.
-Grant = Union[Entry, Slot, BaseException]
-
-
-class Waiter:
-    """A caller queued for a connection of ``key``. Runners subclass it with their own way
-    of waking the caller; the core only calls ``offer()``."""
-
-    __slots__ = ("enqueued_at", "key")
-
-    def __init__(self, key: Hashable, now: float) -> None:
-        self.key = key
-        self.enqueued_at = now
-
-    def offer(self, grant: Grant) -> bool:
-        """Hand ``grant`` over; return False (refusing it) if the caller already gave up."""
-        raise NotImplementedError
 
 
 class SubPool:
@@ -108,7 +79,7 @@ class Core:
         self.size = 0  # connections held over all keys, incl. slots being opened
         self.opening = 0
         self.settling = 0  # taken out of the books for I/O (reset, check), still counted
-        self.waiters: Deque[Waiter] = deque()
+        self.waiters = WaitQueue()
         self.doomed: List[Entry] = []
         self.closed = False
         self.counters = Counters()
@@ -205,11 +176,14 @@ class Core:
     # -- waiting ---------------------------------------------------------------------------
 
     def enqueue(self, waiter: Waiter) -> None:
-        self.waiters.append(waiter)
+        self.waiters.enqueue(waiter)
 
-    def give_back(self, waiter: Waiter, grant: Optional[Grant], now: float) -> None:
-        """Undo what a waiter that gave up (timeout, interrupt, cancel) was granted in the
-        same instant: the slot or the connection goes to the next in line."""
+    def give_up(self, waiter: Waiter, grant: Optional[Grant], now: float) -> None:
+        """A waiter gave up (timeout, interrupt, cancel): it leaves the queue, or what it
+        was granted in the same instant (``grant``) goes to the next in line."""
+        self.waiters.give_up(waiter, grant, lambda granted: self._undo_grant(waiter, granted, now))
+
+    def _undo_grant(self, waiter: Waiter, grant: Grant, now: float) -> None:
         if grant is SLOT:
             self.abandon(waiter.key)
         elif isinstance(grant, Entry) and self.out.pop(id(grant.conn), None) is not None:
@@ -224,14 +198,6 @@ class Core:
             f"connection pool exhausted: no connection free after waiting {waited:.3f} s "
             f"({limits}, {len(self.waiters)} other callers still waiting)"
         )
-
-    def withdraw(self, waiter: Waiter) -> bool:
-        """Forget a waiter that gave up; False if it was no longer queued (served)."""
-        try:
-            self.waiters.remove(waiter)
-        except ValueError:
-            return False
-        return True
 
     # -- return ----------------------------------------------------------------------------
 
@@ -416,9 +382,7 @@ class Core:
             for entry in self.out.values():
                 self._doom(entry, self.subpools[entry.key])
             self.out.clear()
-        waiters, self.waiters = self.waiters, deque()
-        for waiter in waiters:
-            waiter.offer(PoolClosed())
+        self.waiters.fail_all(PoolClosed())
 
     def forget_all(self) -> None:
         """In a forked child: drop every book without closing anything (the connections
@@ -504,26 +468,31 @@ class Core:
     def _hand_to_waiter(self, entry: Entry, now: float) -> bool:
         """Lend ``entry`` to the oldest waiter of its key that accepts it."""
         key = entry.key
-        for waiter in [w for w in self.waiters if w.key == key]:
-            self.waiters.remove(waiter)
-            self.lend(entry, now)
-            if waiter.offer(entry):
-                return True
+
+        def lent(waiter: Waiter) -> Optional[Grant]:
+            if waiter.key != key:
+                return None
+            self.lend(entry, now)  # booked first: the waiter owns it once it accepts
+            return entry
+
+        def refused(_waiter: Waiter, _grant: Grant) -> None:
             del self.out[id(entry.conn)]
-        return False
+
+        return self.waiters.serve(lent, refused)
 
     def offer_slot(self) -> None:
         """Room for one more connection (or a cap grew): reserve a slot for the oldest
         waiter it fits."""
         if not self.waiters or self.closed:
             return
-        for waiter in list(self.waiters):
-            if not self.reserve(waiter.key, evict=True):
-                continue
-            self.waiters.remove(waiter)
-            if waiter.offer(SLOT):
-                return
+
+        def reserved(waiter: Waiter) -> Optional[Grant]:
+            return SLOT if self.reserve(waiter.key, evict=True) else None
+
+        def refused(waiter: Waiter, _grant: Grant) -> None:
             self.abandon_quietly(waiter.key)
+
+        self.waiters.serve(reserved, refused)
 
     def abandon_quietly(self, key: Hashable) -> None:
         """Undo a ``reserve()`` without offering the slot on (the caller does)."""

@@ -23,9 +23,9 @@ from ..settings import Settings
 from . import log
 from .base import RunnerBase
 from .checks import CheckPolicy
-from .core import SLOT, Grant, Waiter
 from .entry import Entry
 from .stats import Figures, live_runners, register, unregister
+from .waiting import SLOT, Grant, Waiter
 
 __all__ = ["DEFAULT", "ThreadedRunner"]
 
@@ -413,8 +413,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         except BaseException:  # KeyboardInterrupt while asleep: no ghost left in the queue
             with self._lock:
                 waiter.gave_up = True
-                self.core.withdraw(waiter)
-                self.core.give_back(waiter, waiter.grant, monotonic())
+                self.core.give_up(waiter, waiter.grant, monotonic())
             self._dispose_doomed()
             raise
         core = self.core
@@ -425,13 +424,13 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             grant = waiter.grant
             if grant is None:
                 waiter.gave_up = True
-                core.withdraw(waiter)
+                core.give_up(waiter, None, monotonic())
                 error = self.timed_out(started, timeout)
             elif isinstance(grant, BaseException):
                 core.counters.requests_errors += 1
                 error = grant
             elif core.closed:  # closed between the hand-off and this wake-up
-                core.give_back(waiter, grant, monotonic())
+                core.give_up(waiter, grant, monotonic())
                 core.counters.requests_errors += 1
                 error = PoolClosed()
         if error is not None:

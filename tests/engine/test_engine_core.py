@@ -9,8 +9,9 @@ from typing import Any, Hashable, List
 
 import pytest
 
-from pgpool_compat.engine.core import SLOT, Core, Grant, Waiter
+from pgpool_compat.engine.core import Core
 from pgpool_compat.engine.entry import Entry
+from pgpool_compat.engine.waiting import SLOT, Grant, Waiter, WaitQueue
 from pgpool_compat.errors import DuplicateConnection, NotBorrowed, PoolClosed
 from pgpool_compat.settings import Settings
 
@@ -316,3 +317,87 @@ def test_figures() -> None:
     figures = core.figures("p", "kind")
     assert (figures.idle, figures.used, figures.opening, figures.size) == (1, 1, 1, 3)
     assert (figures.max, figures.idle_max, figures.idle_min, figures.pending) == (3, 2, 1, 1)
+
+
+# -- the waiting rule (engine/waiting.py), shared by the core and the queries manager ------
+
+
+def test_wait_queue_serves_the_oldest_it_suits_and_hands_a_refused_grant_on() -> None:
+    queue = WaitQueue()
+    other, gone, taker, last = (
+        RecordingWaiter("b"), RecordingWaiter("a", accept=False), RecordingWaiter("a"),
+        RecordingWaiter("a"),
+    )  # fmt: skip
+    for waiter in (other, gone, taker, last):
+        queue.enqueue(waiter)
+    undone: List[Any] = []
+    grant = object()
+
+    def grant_for(waiter: Waiter) -> Any:
+        return grant if waiter.key == "a" else None
+
+    assert queue.serve(grant_for, lambda waiter, g: undone.append((waiter, g)))
+    assert undone == [(gone, grant)]  # undone before the next was asked
+    assert taker.got == [grant] and not last.got and not other.got
+    assert list(queue) == [other, last]  # the one it did not suit kept its place
+
+
+def test_wait_queue_all_alike_stops_at_the_oldest() -> None:
+    queue = WaitQueue()
+    first, second = RecordingWaiter(None), RecordingWaiter(None)
+    queue.enqueue(first)
+    queue.enqueue(second)
+    asked: List[Waiter] = []
+
+    def nothing(waiter: Waiter) -> Any:
+        asked.append(waiter)
+        return None
+
+    assert not queue.serve(nothing, lambda waiter, g: None, all_alike=True)
+    assert asked == [first] and list(queue) == [first, second]
+    assert not queue.serve(nothing, lambda waiter, g: None)
+    assert asked == [first, first, second]
+
+
+def test_wait_queue_give_up_leaves_or_hands_on_what_it_was_just_granted() -> None:
+    queue = WaitQueue()
+    queued, served = RecordingWaiter(None), RecordingWaiter(None)
+    queue.enqueue(queued)
+    undone: List[Any] = []
+    queue.give_up(queued, None, undone.append)
+    assert not queue and undone == []
+    queue.give_up(served, SLOT, undone.append)  # served in the same instant: not queued
+    assert undone == [SLOT]
+    queue.give_up(served, None, undone.append)  # nothing granted: nothing to hand on
+    assert undone == [SLOT]
+
+
+def test_wait_queue_fail_all_empties_it_before_offering() -> None:
+    queue = WaitQueue()
+    requeued = RecordingWaiter(None)
+
+    class Requeues(RecordingWaiter):
+        def offer(self, grant: Grant) -> bool:
+            queue.enqueue(requeued)  # e.g. a caller that starts over on the error
+            return super().offer(grant)
+
+    first = Requeues(None)
+    queue.enqueue(first)
+    error = PoolClosed()
+    queue.fail_all(error)
+    assert first.got == [error] and not requeued.got
+    assert list(queue) == [requeued]
+
+
+def test_core_give_up_returns_a_slot_or_connection_granted_in_the_same_instant() -> None:
+    core = make(max_size=1)
+    entry = open_one(core, lend=True)
+    late, next_one = RecordingWaiter(None), RecordingWaiter(None)
+    core.enqueue(late)
+    core.shelve(core.take_back(entry.conn), 1.0)  # handed to ``late``...
+    assert late.got == [entry]
+    core.enqueue(next_one)
+    core.give_up(late, entry, 2.0)  # ...which gave up just then: it goes on
+    assert next_one.got == [entry] and core.out[id(entry.conn)] is entry
+    core.give_up(next_one, entry, 3.0)
+    assert idle_of(core) == [entry.conn] and not core.out

@@ -558,3 +558,32 @@ def test_manager_connection_loose_arguments_name_the_argument(
 def test_pool_id_of_none_is_a_type_error_naming_the_dsn() -> None:
     with pytest.raises(TypeError, match="dsn"):
         manager.pool_id(None)  # type: ignore[arg-type]
+
+
+def test_a_waiter_served_as_it_gives_up_hands_its_grant_to_the_next() -> None:
+    # The engine's give-up rule on the manager's books: a slot reserved for a caller that
+    # timed out (or was interrupted) in the same instant goes to the next caller in line,
+    # and an idle connection locked to it is freed for the next one.
+    pool = Pool("p", max_size=1)
+    first = manager._Turn(manager._Lease(), 0.0)
+    second = manager._Turn(manager._Lease(), 0.0)
+    pool._waiters.enqueue(first)
+    pool._waiters.enqueue(second)
+    with manager._LOCK:
+        pool._serve()
+        assert first.grant is manager.SLOT and first.handle is None and pool._reserved == 1
+        assert second.grant is None  # the pool is full now: it waits
+        PoolManager._give_up(pool, first)
+        assert second.grant is manager.SLOT and second.handle is None
+        assert pool._reserved == 1 and not pool._waiters  # one slot, handed on, not leaked
+        pool._reserved -= 1  # second connects: its handle is added in place of the slot
+        handle = fake_handle()
+        pool.add(handle)
+        third = manager._Turn(manager._Lease(), 0.0)
+        pool._waiters.enqueue(third)
+        pool._serve()
+        assert third.handle is handle  # the idle connection, locked to third's lease
+        fourth = manager._Turn(manager._Lease(), 0.0)
+        pool._waiters.enqueue(fourth)
+        PoolManager._give_up(pool, third)
+        assert fourth.handle is handle and pool.connection_handle(handle).locked

@@ -56,7 +56,7 @@ from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id, target_name
 from .engine import log
 from .engine.stats import Figures, Observer, register
-from .engine.threaded import _ThreadWaiter
+from .engine.threaded import _Keeper, _ThreadWaiter
 from .engine.waiting import SLOT, Grant, Waiter, WaitQueue
 from .settings import PoolOptions, check_seconds, check_size
 
@@ -821,24 +821,19 @@ def _shut_down(pid: str, pool: Pool) -> int:
     return len(pool)
 
 
-class _Cleaner(threading.Thread):
-    """Daemon thread that runs a sweep every ``interval`` seconds until stopped."""
+class _Sweeper:
+    """What the manager's cleaner, an engine keeper thread, drives: one cleaning pass over
+    every pool (``PoolManager._sweep``). The pools stay until removed: never closed."""
 
-    def __init__(self, interval: float, sweep: Callable[[], None]) -> None:
-        super().__init__(name="pgpool_compat-manager-cleaner", daemon=True)
-        self.interval = interval
-        self.stopping = threading.Event()
-        self._sweep = sweep
+    name = "manager"
+    closed = False
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
-            self._sweep()
+    def _maintain(self) -> None:
+        PoolManager._sweep()
 
 
-def _stop(cleaner: _Cleaner, timeout: float) -> None:
-    cleaner.stopping.set()
-    if cleaner is not threading.current_thread():
-        cleaner.join(timeout)
+#: Held here for good: a keeper holds what it drives by weak reference only.
+_SWEEPER = _Sweeper()
 
 
 class PoolManager:
@@ -851,7 +846,7 @@ class PoolManager:
     _lock = _LOCK
     _pools: ClassVar[Dict[str, Pool]] = {}
     _instance: ClassVar[PoolManager]
-    _cleaner: ClassVar[Optional[_Cleaner]] = None
+    _cleaner: ClassVar[Optional[_Keeper]] = None
     _atexit_registered: ClassVar[bool] = False
 
     def __contains__(self, pid: object) -> bool:
@@ -1007,7 +1002,7 @@ class PoolManager:
         finally:
             cls._lock.release()
         if cleaner is not None:
-            _stop(cleaner, max(0.0, deadline - time.monotonic()))
+            cleaner.stop(max(0.0, deadline - time.monotonic()))
         report: Dict[str, int] = {}
         token = _SHUTDOWN_DEADLINE.set(deadline)
         try:
@@ -1089,12 +1084,12 @@ class PoolManager:
         valid = isinstance(interval, (int, float)) and not isinstance(interval, bool)
         if not valid or not 0 < interval < math.inf:
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
-        cleaner = _Cleaner(float(interval), cls._sweep)
+        cleaner = _Keeper(_SWEEPER, float(interval))
         with cls._lock:
             previous, cls._cleaner = cls._cleaner, cleaner
             cleaner.start()
         if previous is not None:  # stopped with the lock released: its sweep may need it
-            _stop(previous, SHUTDOWN_TIMEOUT)
+            previous.stop(SHUTDOWN_TIMEOUT)
 
     @classmethod
     def stop_cleaner(cls, timeout: float = SHUTDOWN_TIMEOUT) -> None:
@@ -1102,7 +1097,7 @@ class PoolManager:
         with cls._lock:
             cleaner, cls._cleaner = cls._cleaner, None
         if cleaner is not None:
-            _stop(cleaner, timeout)
+            cleaner.stop(timeout)
 
     @classmethod
     def register_atexit(cls) -> None:

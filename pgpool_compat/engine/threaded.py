@@ -639,7 +639,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
 
 
 class _Maintained(Protocol):
-    """What a keeper drives: a runner, or the pre-engine psycopg2 shell."""
+    """What a keeper drives: a runner, or the queries manager's pools."""
 
     name: str
 
@@ -650,30 +650,34 @@ class _Maintained(Protocol):
 
 
 class _Keeper(threading.Thread):
-    """The background thread of one pool: refill, expire, report leaks."""
+    """The background thread of one pool (refill, expire, report leaks), or of anything
+    else with a ``_maintain()`` pass to run every ``interval`` seconds (the queries
+    manager's cleaner). Holds its target weakly; failed passes back off."""
 
     INTERVAL = 1.0
     MAX_BACKOFF = 30.0
     #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
     STOP_WAIT = 1.0
 
-    def __init__(self, runner: _Maintained) -> None:
+    def __init__(self, runner: _Maintained, interval: float = INTERVAL) -> None:
         super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
         self._runner_ref = weakref.ref(runner)
+        self.interval = interval
         self.stopping = threading.Event()
         self._failures = 0
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Stop after the pass under way, waiting for it ``timeout`` seconds at most."""
         self.stopping.set()
         if self is not threading.current_thread():
-            self.join(timeout=self.STOP_WAIT)
+            self.join(timeout=timeout)
 
     def run(self) -> None:
         while not self.stopping.is_set():
             runner = self._runner_ref()
             if runner is None or runner.closed:
                 return
-            pause = self.INTERVAL
+            pause = self.interval
             try:
                 runner._maintain()
                 self._failures = 0

@@ -74,6 +74,9 @@ class Driver(Generic[ConnT]):
     called with no lock held.
     """
 
+    #: What the driver's own log lines start with: the pool's name, which the runner sets.
+    log_name = "pgpool_compat"
+
     def connect(self) -> ConnT:
         raise NotImplementedError
 
@@ -208,6 +211,7 @@ class Psycopg2Driver(Driver[Any]):
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit
+        cut: Optional[_CutOff] = None
         try:
             with _cut_off_after(conn.fileno(), timeout) as cut:
                 conn.autocommit = True  # one statement, not BEGIN / SELECT / ROLLBACK
@@ -215,10 +219,14 @@ class Psycopg2Driver(Driver[Any]):
                     cursor.execute("SELECT 1")
                 conn.autocommit = autocommit
         except psycopg2.Error as error:
-            logger.info("ping failed: %s", _first_line(error))
-            return False
+            if cut is None or not cut.fired:  # else the cut-off caused it: said below
+                logger.info("%s: ping failed: %s", self.log_name, type(error).__name__)
+                return False
+        assert cut is not None
         if cut.fired:
-            logger.warning("ping got no answer within %.3g s; connection dropped", timeout)
+            logger.warning(
+                "%s: ping got no answer within %.3g s; connection dropped", self.log_name, timeout
+            )
         return not cut.fired
 
     def return_state(self, conn: Any) -> Optional[bool]:
@@ -254,7 +262,9 @@ class Psycopg2Driver(Driver[Any]):
         try:
             conn.close()
         except Exception as error:  # closing must never fail the caller
-            logger.debug("error closing a connection: %s", _first_line(error))
+            logger.debug(
+                "%s: error closing a connection: %s", self.log_name, type(error).__name__
+            )
 
 
 def _last(notices: Any) -> Any:
@@ -278,11 +288,6 @@ def _peer_closed(fd: int) -> bool:
         return False
     finally:
         sock.detach()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # Shared by every watchdog of the process, so that an alarm armed before a fork can never be
@@ -448,4 +453,6 @@ class FactoryDriver(Driver[ConnT]):
         try:
             self._releaser(conn)
         except Exception as error:  # closing must never fail the caller
-            logger.debug("error releasing a connection: %s", type(error).__name__)
+            logger.debug(
+                "%s: error releasing a connection: %s", self.log_name, type(error).__name__
+            )

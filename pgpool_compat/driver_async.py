@@ -52,6 +52,8 @@ class AsyncDriver(Generic[ConnT]):
 
     #: False: the runner skips ``is_alive`` on checkout (no zero-round-trip probe).
     has_probe = False
+    #: What the driver's own log lines start with: the pool's name, which the runner sets.
+    log_name = "pgpool_compat"
 
     async def connect(self) -> ConnT:
         """Open a new connection (ready for use: ``configure`` already ran)."""
@@ -142,4 +144,6 @@ class AsyncFactoryDriver(AsyncDriver[ConnT]):
         try:
             await call_hook(self._releaser, conn)
         except Exception as error:  # closing must never fail the caller
-            logger.debug("error releasing a connection: %s", type(error).__name__)
+            logger.debug(
+                "%s: error releasing a connection: %s", self.log_name, type(error).__name__
+            )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Generic, Optional, TypeVar
 
+from ..driver import Driver
+from ..driver_async import AsyncDriver
 from ..settings import Settings
 from .core import Core
 from .stats import Observer
@@ -23,6 +25,8 @@ class RunnerBase(Generic[DriverT]):
         self.driver = driver
         self.kind = kind
         self.name = settings.name or f"pool-{id(self):x}"
+        if isinstance(driver, (Driver, AsyncDriver)):
+            driver.log_name = self.name  # its log lines name the pool, as the engine's do
         self.core = Core(settings)
         self.core.schedule_upkeep(time.monotonic())
         #: None unless metrics are on; then it hears create, wait and use durations.

@@ -228,13 +228,16 @@ def _resume(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def test_check_timeout_bounds_a_ping_to_a_hung_backend(own_server: PostgresServer) -> None:
+def test_check_timeout_bounds_a_ping_to_a_hung_backend(
+    own_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """A backend that stops answering (SIGSTOP: the process is alive, the socket open, so
-    the socket probe sees nothing) is cut off after ``pool_check_timeout``."""
+    the socket probe sees nothing) is cut off after ``pool_check_timeout``; every line
+    logged about it, the driver's own included, names the pool."""
     check_timeout = 0.4
     pool = pgpool_compat.ThreadedConnectionPool(
         1, 2, own_server.dsn, pool_check="ping", pool_ping_after=0,
-        pool_check_timeout=check_timeout,
+        pool_check_timeout=check_timeout, pool_name="ledger",
     )
     try:
         hung = pool.getconn()
@@ -243,10 +246,14 @@ def test_check_timeout_bounds_a_ping_to_a_hung_backend(own_server: PostgresServe
         _stop(pid)
         try:
             started = time.monotonic()
-            conn = pool.getconn()
+            with caplog.at_level(logging.DEBUG, logger="pgpool_compat"):
+                conn = pool.getconn()
             took = time.monotonic() - started
         finally:
             _resume(pid)
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("pgpool_compat")]
+        assert any("ping got no answer" in line for line in lines), lines
+        assert all(line.startswith("ledger: ") for line in lines), lines
         assert conn is not hung and hung.closed
         assert check_timeout - 0.05 <= took < check_timeout + 1.0
         assert scalar(conn, "SELECT 1") == 1

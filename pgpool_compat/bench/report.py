@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import textwrap
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._commands import pip_install
@@ -189,7 +190,10 @@ def write_plot(outcome: Outcome, path: str, title_lines: Sequence[str]) -> None:
         ]
         axes.barh(labels, values, color=colours)
         axes.invert_yaxis()
-        axes.set_title(f"{scenario.name}: {scenario.description}", fontsize=9, loc="left")
+        # Wrapped: the title starts where the bars do, right of the pool names, and a long
+        # description (contention's) ran off the figure.
+        title = textwrap.fill(f"{scenario.name}: {scenario.description}", width=80)
+        axes.set_title(title, fontsize=9, loc="left")
         axes.set_xlabel(axis_label, fontsize=8)
         axes.tick_params(labelsize=8)
     figure.suptitle("\n".join(title_lines), fontsize=9)

@@ -374,7 +374,7 @@ def _shutdown_socket(fd: int) -> None:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError as error:
-        logger.debug("could not shut down socket %d: %s", fd, error)
+        logger.debug("watchdog: could not shut down socket %d: %s", fd, type(error).__name__)
 
 
 _watchdog = _Watchdog()

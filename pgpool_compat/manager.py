@@ -181,6 +181,9 @@ class _AdoptedConnections(Psycopg2Driver):
     adopts: queries sessions open their own, and ``connection(dsn)`` opens with the DSN of
     the call (the registry never keeps a DSN), so this driver never connects."""
 
+    #: One driver for every manager pool: its few lines (closing errors) name the manager.
+    log_name = "manager"
+
     def __init__(self) -> None:
         super().__init__((), {}, PoolOptions())
 
@@ -823,17 +826,33 @@ def _shut_down(pid: str, pool: Pool) -> int:
 
 class _Sweeper:
     """What the manager's cleaner, an engine keeper thread, drives: one cleaning pass over
-    every pool (``PoolManager._sweep``). The pools stay until removed: never closed."""
+    every pool of ``manager`` (the class that started it: a subclass's ``_sweep`` counts).
+    The pools stay until removed: it is never closed."""
 
     name = "manager"
     closed = False
 
+    def __init__(self, manager: Type[PoolManager]) -> None:
+        self.manager = manager
+
     def _maintain(self) -> None:
-        PoolManager._sweep()
+        # Failures are logged here, whole, and the next pass comes at the set interval: the
+        # keeper's own handling (backoff, "could not reconnect") is a pool's, not a sweep's.
+        try:
+            self.manager._sweep()
+        except Exception:
+            logger.exception("manager: cleaning pass failed")
 
 
-#: Held here for good: a keeper holds what it drives by weak reference only.
-_SWEEPER = _Sweeper()
+#: One sweeper per manager class, held here for good: a keeper holds its target weakly.
+_SWEEPERS: Dict[type, _Sweeper] = {}
+
+
+def _sweeper_for(manager: Type[PoolManager]) -> _Sweeper:
+    sweeper = _SWEEPERS.get(manager)
+    if sweeper is None:
+        sweeper = _SWEEPERS[manager] = _Sweeper(manager)
+    return sweeper
 
 
 class PoolManager:
@@ -1084,8 +1103,8 @@ class PoolManager:
         valid = isinstance(interval, (int, float)) and not isinstance(interval, bool)
         if not valid or not 0 < interval < math.inf:
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
-        cleaner = _Keeper(_SWEEPER, float(interval))
         with cls._lock:
+            cleaner = _Keeper(_sweeper_for(cls), float(interval))
             previous, cls._cleaner = cls._cleaner, cleaner
             cleaner.start()
         if previous is not None:  # stopped with the lock released: its sweep may need it

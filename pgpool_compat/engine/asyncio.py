@@ -434,7 +434,7 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
         if not served:
             future.cancel()  # refuses whatever is offered from now on
         self.core.give_up(waiter, future.result() if served else None, monotonic())
-        if self.core.doomed:
+        if served and self.core.doomed:  # handing on what it was granted may doom one
             self._dispose_doomed()
 
     def _timed_out(self, started: float, timeout: Optional[float]) -> PoolTimeout:

@@ -3,6 +3,7 @@ the core's books and the metrics observer. Each runner adds its lock or loop and
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Generic, Optional, TypeVar
 
@@ -26,7 +27,10 @@ class RunnerBase(Generic[DriverT]):
         self.kind = kind
         self.name = settings.name or f"pool-{id(self):x}"
         if isinstance(driver, (Driver, AsyncDriver)):
-            driver.log_name = self.name  # its log lines name the pool, as the engine's do
+            # Its log lines name the pool, as the engine's do (a driver shared by several
+            # pools names the last one; one whose log_name is read-only keeps its own).
+            with contextlib.suppress(AttributeError):
+                driver.log_name = self.name
         self.core = Core(settings)
         self.core.schedule_upkeep(time.monotonic())
         #: None unless metrics are on; then it hears create, wait and use durations.

@@ -659,18 +659,19 @@ class _Keeper(threading.Thread):
     #: How long ``close()`` waits for the thread; one stuck connecting cleans up after itself.
     STOP_WAIT = 1.0
 
-    def __init__(self, runner: _Maintained, interval: float = INTERVAL) -> None:
+    def __init__(self, runner: _Maintained, interval: Optional[float] = None) -> None:
         super().__init__(name=f"pgpool_compat-keeper-{runner.name}", daemon=True)
         self._runner_ref = weakref.ref(runner)
-        self.interval = interval
+        self.interval = self.INTERVAL if interval is None else interval
         self.stopping = threading.Event()
         self._failures = 0
 
-    def stop(self, timeout: float = STOP_WAIT) -> None:
-        """Stop after the pass under way, waiting for it ``timeout`` seconds at most."""
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop after the pass under way, waiting for it ``timeout`` seconds at most
+        (default ``STOP_WAIT``)."""
         self.stopping.set()
         if self is not threading.current_thread():
-            self.join(timeout=timeout)
+            self.join(timeout=self.STOP_WAIT if timeout is None else timeout)
 
     def run(self) -> None:
         while not self.stopping.is_set():

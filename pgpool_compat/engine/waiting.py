@@ -68,13 +68,16 @@ class WaitQueue(deque):  # type: ignore[type-arg]  # a deque: len() and truth st
         undone by ``refused`` before the next is asked. ``all_alike``: every waiter wants
         the same thing, so nothing for the oldest means nothing for any. Returns whether a
         waiter took a grant."""
-        for waiter in list(self):
+        passed = 0  # waiters nothing suited, left in place at the front
+        while passed < len(self):
+            waiter = self[passed]
             grant = grant_for(waiter)
             if grant is None:
                 if all_alike:
                     return False
+                passed += 1
                 continue
-            self.remove(waiter)
+            del self[passed]
             if waiter.offer(grant):
                 return True
             refused(waiter, grant)

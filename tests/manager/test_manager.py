@@ -4,6 +4,7 @@ the flows on real connections are in test_manager_flows.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import subprocess
@@ -366,6 +367,44 @@ def test_a_failing_pool_does_not_stop_the_cleaner(registry: Dict[str, Any]) -> N
     PoolManager.start_cleaner(0.01)
     assert wait_for(lambda: broken.clean.call_count >= 3)
     assert PoolManager._cleaner is not None and PoolManager._cleaner.is_alive()
+
+
+def test_a_failing_cleaning_pass_is_logged_whole_and_the_next_keeps_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    passes: List[float] = []
+
+    def failing_sweep() -> None:
+        passes.append(time.monotonic())
+        raise RuntimeError("boom")
+
+    with mock.patch.object(PoolManager, "_sweep", failing_sweep), caplog.at_level(
+        logging.DEBUG, logger="pgpool_compat"
+    ):
+        PoolManager.start_cleaner(60)
+        assert wait_for(lambda: len(passes) >= 1)
+        time.sleep(0.5)  # a backoff would have retried by now (0.05 s, 0.1 s, ...)
+        assert len(passes) == 1, "the next pass waits the interval, failure or not"
+        PoolManager.stop_cleaner()
+    failures = [r for r in caplog.records if "cleaning pass failed" in r.getMessage()]
+    assert [r.getMessage() for r in failures] == ["manager: cleaning pass failed"]
+    assert failures[0].exc_info is not None  # the traceback, not just a class name
+    assert not any("reconnect" in r.getMessage() for r in caplog.records)
+
+
+def test_a_subclass_cleaner_runs_the_subclass_sweep() -> None:
+    swept = threading.Event()
+
+    class Manager(PoolManager):
+        @classmethod
+        def _sweep(cls) -> None:
+            swept.set()
+
+    Manager.start_cleaner(60)
+    try:
+        assert swept.wait(5), "the subclass's own _sweep never ran"
+    finally:
+        Manager.stop_cleaner()
 
 
 # -- shutdown and atexit -----------------------------------------------------------------------

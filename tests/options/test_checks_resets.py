@@ -251,7 +251,10 @@ def test_check_timeout_bounds_a_ping_to_a_hung_backend(
             took = time.monotonic() - started
         finally:
             _resume(pid)
-        lines = [r.getMessage() for r in caplog.records if r.name.startswith("pgpool_compat")]
+        lines = [
+            r.getMessage() for r in caplog.records
+            if r.name.startswith("pgpool_compat") and not r.getMessage().startswith("watchdog:")
+        ]  # fmt: skip  (the process-wide watchdog's own lines are about no one pool)
         assert any("ping got no answer" in line for line in lines), lines
         assert all(line.startswith("ledger: ") for line in lines), lines
         assert conn is not hung and hung.closed

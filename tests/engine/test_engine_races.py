@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import psycopg2
 import pytest
@@ -78,6 +78,18 @@ class Gate:
 
     def reset(self, conn: Any) -> None:
         self.block(conn)
+
+
+def interrupting_check() -> Tuple[threading.Event, Callable[[Any], bool]]:
+    """A ``pool_check`` that passes, or raises ``Interrupt`` while the event is set."""
+    interrupt = threading.Event()
+
+    def check(conn: Any) -> bool:
+        if interrupt.is_set():
+            raise Interrupt()
+        return True
+
+    return interrupt, check
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -151,13 +163,7 @@ def test_check_interrupted_by_a_base_exception_loses_no_slot(pg_dsn: str, made: 
     """BUG: pool.check() moves the idle batch into ``_settling`` and a BaseException from the
     check leaves it there: the slot is lost and the idle connection is never closed."""
     pools, conns = made
-    interrupt = threading.Event()
-
-    def check(conn: Any) -> bool:
-        if interrupt.is_set():
-            raise Interrupt()
-        return True
-
+    interrupt, check = interrupting_check()
     pool = pgpool_compat.ThreadedConnectionPool(1, 1, pg_dsn, pool_check=check, pool_timeout=0.5)
     pools.append(pool)
     idle = pool._pool[0]
@@ -176,13 +182,7 @@ def test_slow_check_interrupted_leaves_no_open_connection_outside_the_books(
     """BUG: _take_idle pops the idle connection, runs the check unlocked, and a BaseException
     from it leaves the connection open but in no book: closeall() never closes it."""
     pools, conns = made
-    interrupt = threading.Event()
-
-    def check(conn: Any) -> bool:
-        if interrupt.is_set():
-            raise Interrupt()
-        return True
-
+    interrupt, check = interrupting_check()
     pool = pgpool_compat.ThreadedConnectionPool(1, 2, pg_dsn, pool_check=check)
     pools.append(pool)
     idle = pool._pool[0]

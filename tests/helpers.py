@@ -113,6 +113,15 @@ def scalar(conn: Any, sql: str, params: Any = None) -> Any:
         return cursor.fetchone()[0]
 
 
+def select_one(conn: Any) -> int:
+    """``SELECT 1`` on ``conn``, its transaction ended: proof the connection works."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        value: int = cursor.fetchone()[0]
+    conn.rollback()
+    return value
+
+
 def pid_of(conn: Any) -> int:
     """The server process id behind a psycopg2 connection."""
     pid: int = conn.info.backend_pid

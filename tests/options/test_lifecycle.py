@@ -14,7 +14,7 @@ from typing import Any, List
 import pytest
 
 from tests.faults.support import wait_until
-from tests.helpers import sessions_named, threaded
+from tests.helpers import select_one, sessions_named, threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,14 +27,6 @@ def app_name() -> str:
 def settles_at(admin_conn: Any, app_name: str, expected: int) -> bool:
     """Backends exit asynchronously after a close: wait (bounded) for the count."""
     return wait_until(lambda: sessions_named(admin_conn, app_name) == expected, 5)
-
-
-def select_one(conn: Any) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        value: int = cursor.fetchone()[0]
-    conn.rollback()
-    return value
 
 
 # -- pool_max_lifetime ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 import pgpool_compat
 from tests.faults.support import wait_until
-from tests.helpers import threaded
+from tests.helpers import select_one, threaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,14 +68,6 @@ def queue(pool: Any, waiter: Waiter, expected: int) -> Waiter:
         f"{waiter.name} not queued: {pool.get_stats()}"
     )
     return waiter
-
-
-def select_one(conn: Any) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        value: int = cursor.fetchone()[0]
-    conn.rollback()
-    return value
 
 
 def test_waiter_gets_the_returned_connection(pg_dsn: str, pools: List[Any]) -> None:

@@ -57,7 +57,7 @@ from .dsn import libpq_dsn, pool_id, target_name
 from .engine import log
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _Keeper, _ThreadWaiter
-from .engine.waiting import SLOT, Grant, Waiter, WaitQueue
+from .engine.waiting import SLOT, Grant, WaitQueue
 from .settings import PoolOptions, check_seconds, check_size
 
 __all__ = [
@@ -484,7 +484,7 @@ class Pool:
         # Wall clock by default, as queries: its users compare idle_start with time.time().
         self.time_method = time_method or time.time
         self._reserved = 0  # slots held for connects in flight in PoolManager.connection
-        self._waiters = WaitQueue()  # PoolManager.connection callers (_Turn), oldest first
+        self._waiters: WaitQueue[_Turn] = WaitQueue()  # connection() callers, oldest first
         self._serving = False
         register(self)
 
@@ -746,10 +746,9 @@ class Pool:
         while self._waiters.serve(self._grant, self._refused, all_alike=True):
             pass
 
-    def _grant(self, turn: Waiter) -> Optional[Grant]:
+    def _grant(self, turn: _Turn) -> Optional[Grant]:
         """What the oldest waiter is offered (lock held): an idle connection locked to its
         lease (``turn.handle``), else a slot reserved to connect in, else nothing."""
-        assert isinstance(turn, _Turn)
         handle = self._take_idle(turn.lease) if self.idle_connections else None
         if handle is None:
             if self.is_full:
@@ -758,9 +757,8 @@ class Pool:
         turn.handle = handle
         return SLOT
 
-    def _refused(self, turn: Waiter, _grant: Grant) -> None:
+    def _refused(self, turn: _Turn, _grant: Grant) -> None:
         """A waiter that gave up in the same instant refused its grant: undo it."""
-        assert isinstance(turn, _Turn)
         if turn.handle is None:
             self._reserved -= 1
         else:

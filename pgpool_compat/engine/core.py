@@ -79,7 +79,7 @@ class Core:
         self.size = 0  # connections held over all keys, incl. slots being opened
         self.opening = 0
         self.settling = 0  # taken out of the books for I/O (reset, check), still counted
-        self.waiters = WaitQueue()
+        self.waiters: WaitQueue[Waiter] = WaitQueue()
         self.doomed: List[Entry] = []
         self.closed = False
         self.counters = Counters()

@@ -11,8 +11,7 @@ The core (``Core``) serves its waiters through this queue; so does the queries
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Callable, Hashable, Optional, Union
+from typing import Callable, Deque, Hashable, Optional, TypeVar, Union
 
 from .entry import Entry
 
@@ -49,17 +48,20 @@ class Waiter:
         raise NotImplementedError
 
 
-class WaitQueue(deque):  # type: ignore[type-arg]  # a deque: len() and truth stay C-fast
+W = TypeVar("W", bound=Waiter)
+
+
+class WaitQueue(Deque[W]):  # a deque: len() and truth stay C-fast on hot paths
     """The waiters, oldest first."""
 
-    def enqueue(self, waiter: Waiter) -> None:
+    def enqueue(self, waiter: W) -> None:
         """A caller starts waiting, behind every one already waiting."""
         self.append(waiter)
 
     def serve(
         self,
-        grant_for: Callable[[Waiter], Optional[Grant]],
-        refused: Callable[[Waiter, Grant], None],
+        grant_for: Callable[[W], Optional[Grant]],
+        refused: Callable[[W, Grant], None],
         *,
         all_alike: bool = False,
     ) -> bool:
@@ -83,7 +85,7 @@ class WaitQueue(deque):  # type: ignore[type-arg]  # a deque: len() and truth st
             refused(waiter, grant)
         return False
 
-    def withdraw(self, waiter: Waiter) -> bool:
+    def withdraw(self, waiter: W) -> bool:
         """Forget a waiter that gave up; False if it was no longer queued (served)."""
         try:
             self.remove(waiter)
@@ -91,9 +93,7 @@ class WaitQueue(deque):  # type: ignore[type-arg]  # a deque: len() and truth st
             return False
         return True
 
-    def give_up(
-        self, waiter: Waiter, grant: Optional[Grant], undo: Callable[[Grant], None]
-    ) -> None:
+    def give_up(self, waiter: W, grant: Optional[Grant], undo: Callable[[Grant], None]) -> None:
         """``waiter`` stops waiting (timed out, interrupted, cancelled): out of the queue,
         or, if it was served in the same instant, its ``grant`` goes back through ``undo``
         (to the next in line), so a slot or connection is never lost with it."""

@@ -843,7 +843,7 @@ class _Sweeper:
 
 
 #: One sweeper per manager class, held here for good: a keeper holds its target weakly.
-_SWEEPERS: Dict[type, _Sweeper] = {}
+_SWEEPERS: Dict[Type[PoolManager], _Sweeper] = {}
 
 
 def _sweeper_for(manager: Type[PoolManager]) -> _Sweeper:
@@ -1278,18 +1278,25 @@ def _after_fork_in_child() -> None:
     is safe (psycopg2 does not close a connection it collects in another process). A thread
     holding the lock at the fork does not exist in the child: the lock is reinitialised, not
     replaced, so every reference to it (manager, pools, connections) stays right. The cleaner
-    thread, which the child lacks but its pools' idle TTLs still need, is started anew.
+    threads, which the child lacks but its pools' idle TTLs still need, are started anew: the
+    manager's, and that of each subclass that started its own.
     """
     _LOCK.reinit_after_fork()
-    cleaner, PoolManager._cleaner = PoolManager._cleaner, None
+    cleaners = []
+    for manager in list(_SWEEPERS):  # every manager class that ever started a cleaner
+        cleaner = vars(manager).get("_cleaner")  # its own, not one it inherits
+        if cleaner is not None:
+            manager._cleaner = None
+            cleaners.append((manager, cleaner))
     for pool in list(PoolManager._pools.values()):
         if isinstance(pool, Pool):
             pool.connections.clear()
             pool._reserved = 0
             pool._waiters.clear()
             pool.idle_start = None
-    if cleaner is not None and not cleaner.stopping.is_set():
-        PoolManager.start_cleaner(cleaner.interval)
+    for manager, cleaner in cleaners:
+        if not cleaner.stopping.is_set():
+            manager.start_cleaner(cleaner.interval)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, where nothing forks

@@ -360,21 +360,26 @@ def test_a_waiter_sleeps_until_served_without_polling(pg_dsn: str) -> None:
     assert got == [held]
 
 
-def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str) -> None:
+class SubManager(PoolManager):
+    """A subclass, as applications write to extend the manager: its cleaner is its own."""
+
+
+@pytest.mark.parametrize("manager", [PoolManager, SubManager], ids=["manager", "subclass"])
+def test_a_forked_child_runs_its_own_cleaner(pg_dsn: str, manager: Any) -> None:
     """The parent's cleaner thread does not exist in a child: the child starts its own."""
     from tests.dropin.test_fork import run_in_child
 
-    PoolManager.start_cleaner(0.05)
+    manager.start_cleaner(0.05)
 
     def child() -> Dict[str, Any]:
-        cleaner = PoolManager._cleaner
+        cleaner = manager._cleaner
         return {"running": cleaner is not None and cleaner.is_alive(),
                 "interval": cleaner.interval if cleaner is not None else None}
 
     try:
         assert run_in_child(child) == {"running": True, "interval": 0.05}
     finally:
-        PoolManager.stop_cleaner()
+        manager.stop_cleaner()
 
 
 def test_a_forked_child_uses_the_manager_when_a_parent_thread_held_its_lock(

@@ -639,7 +639,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
 
 
 class _Maintained(Protocol):
-    """What a keeper drives: a runner, or the queries manager's pools."""
+    """What a keeper drives: a runner, or the queries manager's sweeper."""
 
     name: str
 

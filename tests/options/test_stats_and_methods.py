@@ -193,12 +193,18 @@ def test_connection_is_returned_when_commit_fails(
 
 
 @pytest.mark.own_session
-def test_connection_is_returned_when_rollback_fails(pg_dsn: str, pools: List[Any]) -> None:
-    pool = threaded(pools, 1, 1, pg_dsn)
-    with pytest.raises(KeyError), pool.connection() as conn:  # the body's error, not rollback's
+def test_connection_is_returned_when_rollback_fails(
+    pg_dsn: str, pools: List[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = threaded(pools, 1, 1, pg_dsn, pool_name="audit")
+    with caplog.at_level(logging.INFO, logger="pgpool_compat"), pytest.raises(
+        KeyError
+    ), pool.connection() as conn:  # the body's error, not rollback's
         assert scalar(conn, "SELECT 1") == 1
         kill_idle(pg_dsn, [conn])
         raise KeyError("body failed")
+    failed = [r.getMessage() for r in caplog.records if "rollback after" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].startswith("audit: rollback after an error failed: ")
     assert pool._used == {}
     fresh = pool.getconn()
     assert fresh is not conn and scalar(fresh, "SELECT 1") == 1

@@ -18,7 +18,7 @@ import psycopg2.extensions
 import psycopg2.pool
 import pytest
 from faults.proxy import Proxy
-from helpers import terminate_backends
+from helpers import select_one, terminate_backends
 
 import pgpool_compat
 
@@ -46,14 +46,6 @@ def _books(pool: Any) -> Tuple[Any, ...]:
 def _backend_pid(conn: Any) -> int:
     pid: int = conn.info.backend_pid
     return pid
-
-
-def _select_one(conn: Any) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        value: int = cursor.fetchone()[0]
-    conn.rollback()
-    return value
 
 
 # -- a failing rollback on putconn leaks the slot ---------------------------------------------
@@ -97,7 +89,7 @@ def test_failed_rollback_on_put_never_leaks_the_slot(
     assert pool._used == {} and pool._rused == {}
     assert conn not in pool._pool
     fresh = pool.getconn()
-    assert fresh is not conn and _select_one(fresh) == 1
+    assert fresh is not conn and select_one(fresh) == 1
     pool.putconn(fresh)
 
 
@@ -204,11 +196,11 @@ def test_terminated_backend_is_never_handed_out(
     if stock:
         assert conn is idle[-1]  # the dead one...
         with pytest.raises(psycopg2.OperationalError):
-            _select_one(conn)  # ...fails on first use
+            select_one(conn)  # ...fails on first use
         return
     assert conn not in idle
     assert _backend_pid(conn) not in dead_pids
-    assert _select_one(conn) == 1
+    assert select_one(conn) == 1
     assert pool._pool == []  # both dead idle connections were dropped, not kept
     assert all(dead.closed for dead in idle)  # and closed, not leaked
     pool.putconn(conn)
@@ -362,7 +354,7 @@ def test_no_lock_held_while_connecting(
         return
     assert not blocked, f"putconn/getconn of an idle connection waited {elapsed:.2f} s"
     assert results["fast"] is idle
-    assert results["slow"] is not idle and _select_one(results["slow"]) == 1
+    assert results["slow"] is not idle and select_one(results["slow"]) == 1
 
 
 def test_no_lock_held_while_rolling_back(

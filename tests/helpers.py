@@ -115,9 +115,17 @@ def scalar(conn: Any, sql: str, params: Any = None) -> Any:
 
 def select_one(conn: Any) -> int:
     """``SELECT 1`` on ``conn``, its transaction ended: proof the connection works."""
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        value: int = cursor.fetchone()[0]
+    return int(_answer(conn, "SELECT 1"))
+
+
+def server_pid(conn: Any) -> int:
+    """The backend's own answer, not libpq's cached one (``pid_of``): proves the session
+    really works; its transaction ended."""
+    return int(_answer(conn, "SELECT pg_backend_pid()"))
+
+
+def _answer(conn: Any, sql: str) -> Any:
+    value = scalar(conn, sql)
     conn.rollback()
     return value
 

@@ -27,6 +27,7 @@ import psycopg2.pool
 import pytest
 
 import pgpool_compat
+from tests.helpers import server_pid
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -113,15 +114,6 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
     finally:
         leave.set()
         holder.join(timeout=10)
-
-
-def server_pid(conn: Any) -> int:
-    """The backend's own answer, not libpq's cached one: proves the session really works."""
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid: int = cursor.fetchone()[0]
-    conn.rollback()
-    return pid
 
 
 def _gone(admin_conn: Any, pids: List[int], timeout: float = 10.0) -> bool:

@@ -11,19 +11,11 @@ from typing import Any, List
 import psycopg2
 import pytest
 
-from tests.helpers import terminate_backends
+from tests.helpers import server_pid, terminate_backends
 
 from .support import bounded_query, make_pool, peer_hung_up, slots_in_use, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def backend_pid(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        pid: int = cur.fetchone()[0]
-    conn.rollback()
-    return pid
 
 
 def borrow_all(pool: Any, count: int) -> List[Any]:
@@ -40,7 +32,7 @@ def test_terminate_idle(impl: str, record: Any, pg_dsn: str) -> None:
     pool = make_pool(impl, size, size, pg_dsn)
     try:
         conns = borrow_all(pool, size)
-        pids = [backend_pid(conn) for conn in conns]
+        pids = [server_pid(conn) for conn in conns]
         for conn in conns:
             pool.putconn(conn)
         terminate_backends(pg_dsn, pids)
@@ -125,7 +117,7 @@ def test_terminate_noticed_by_borrower(impl: str, pg_dsn: str) -> None:
     pool = make_pool(impl, 1, 1, pg_dsn)
     try:
         conn = pool.getconn()
-        terminate_backends(pg_dsn, [backend_pid(conn)])
+        terminate_backends(pg_dsn, [server_pid(conn)])
         assert peer_hung_up([conn])
         assert bounded_query(conn).status == "error"
         pool.putconn(conn)
@@ -144,7 +136,7 @@ def test_idle_session_timeout(impl: str, record: Any, pg_dsn: str, admin_conn: A
     pool = make_pool(impl, size, size, dsn)
     try:
         conns = borrow_all(pool, size)
-        pids = [backend_pid(conn) for conn in conns]
+        pids = [server_pid(conn) for conn in conns]
         for conn in conns:
             pool.putconn(conn)
 
@@ -184,7 +176,7 @@ def test_terminated_connection_not_handed_to_waiter(impl: str, record: Any, pg_d
         waiter = threading.Thread(target=lambda: got.append(pool.getconn()), daemon=True)
         waiter.start()
         assert wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, 2)
-        terminate_backends(pg_dsn, [backend_pid(holder)])
+        terminate_backends(pg_dsn, [server_pid(holder)])
         assert peer_hung_up([holder])
         pool.putconn(holder)
         waiter.join(6)
@@ -247,7 +239,7 @@ def test_terminated_backend_with_pending_fatal_is_not_handed_out(pg_dsn: str) ->
     try:
         conn = pool.getconn()
         create_temp_tables(conn, 2000)
-        pid = backend_pid(conn)
+        pid = server_pid(conn)
         pool.putconn(conn)
         with admin.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))  # signal only: no wait

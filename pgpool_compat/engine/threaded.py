@@ -121,7 +121,12 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         if entry is not None:
             # Hot path: the socket probe inline, the policy object only for slow checks.
             probe = self._checks.probe
-            if probe is not None and not probe(entry.conn, entry.state):
+            try:
+                alive = probe is None or probe(entry.conn, entry.state)
+            except Exception as error:  # a user's probe (a face's check hook): dead, as
+                log.check_raised(self.name, error)  # CheckPolicy.passes rules
+                alive = False
+            if not alive:
                 self._lost(entry, now, "socket")  # probed once: a second probe could lie
             elif not self._checks.slow:
                 if self._capture_stacks:
@@ -191,8 +196,13 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         probe = self._checks.probe
         while True:
             entry = core.take_idle(key, now)
-            if entry is None or probe is None or probe(entry.conn, entry.state):
+            if entry is None or probe is None:
                 return entry
+            try:
+                if probe(entry.conn, entry.state):
+                    return entry
+            except Exception as error:  # a driver's probe that raises: dead (see acquire)
+                log.check_raised(self.name, error)
             self._checks.lost(entry, now)
             core.counters.connections_lost += 1
             del core.out[id(entry.conn)]

@@ -207,6 +207,36 @@ def test_prefill_and_check(runners: List[ThreadedRunner[Any]]) -> None:
     assert runner.figures().idle == 1
 
 
+class RaisingProbeDriver(FactoryDriver[Resource]):
+    """A driver whose zero-round-trip probe raises while ``failing`` (a face's user hook,
+    such as generic-connection-pool's ``check_aliveness``)."""
+
+    failing = False
+
+    def is_alive(self, conn: Resource, state: Any) -> bool:
+        if self.failing:
+            raise OSError("network glitch")
+        return True
+
+
+def test_a_probe_that_raises_counts_as_dead_and_loses_no_slot(
+    runners: List[ThreadedRunner[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = RaisingProbeDriver(Factory())
+    runner: ThreadedRunner[Any] = ThreadedRunner(Settings(name="probe", max_size=1), driver)
+    runners.append(runner)
+    first = runner.acquire()
+    runner.release(first)
+    driver.failing = True
+    with caplog.at_level(logging.INFO, logger="pgpool_compat"):
+        second = runner.acquire(timeout=0.5)  # the probe raised: a new one, not an error
+    assert second is not first and first.closed
+    assert "probe: check raised OSError" in caplog.text
+    driver.failing = False
+    runner.release(second)
+    assert runner.figures().size == 1 and runner.acquire(timeout=0.5) is second
+
+
 def test_reset_failure_discards_and_logs_the_pool_name(
     runners: List[ThreadedRunner[Any]], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -85,6 +85,12 @@ class Driver(Generic[ConnT]):
         for it, which the pool keeps and passes back to ``is_alive``, ``ping`` and ``reset``."""
         return None
 
+    def adopt_state(self, conn: ConnT) -> Any:
+        """The state for a connection the pool did not open, found in its books (code that
+        appends to psycopg2.pool's ``_pool``): ``prepare``'s, without the user's hooks.
+        Called under the lock: no I/O."""
+        return None
+
     def is_alive(self, conn: ConnT, state: Any) -> bool:
         """Whether the connection may still work, without a round trip."""
         return True
@@ -153,8 +159,13 @@ class _ConnState:
 
     def __init__(self, conn: Any, defaults: Optional[SessionDefaults]) -> None:
         # One poll object per connection: registering anew on every probe doubles its cost.
-        self.poller = select.poll()
-        self.poller.register(conn.fileno(), _READABLE)
+        # None for an object with no socket to watch (a test's mock of psycopg2.connect):
+        # never probed, as psycopg2.pool never probes.
+        self.poller: Optional[Any] = select.poll()
+        try:
+            self.poller.register(conn.fileno(), _READABLE)
+        except (TypeError, ValueError, AttributeError, psycopg2.Error):  # no int fileno()
+            self.poller = None
         self.defaults = defaults
         self.shared = False  # see Driver.share
 
@@ -162,15 +173,27 @@ class _ConnState:
 class Psycopg2Driver(Driver[Any]):
     """psycopg2 connections, with psycopg2.pool's return rules and our opt-in extras."""
 
-    def __init__(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], options: PoolOptions):
+    def __init__(
+        self,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        options: PoolOptions,
+        source: Optional[Any] = None,
+    ) -> None:
         self._args = args
         self._kwargs = kwargs
+        #: Where the connect arguments are read at each connect, if given: an object with
+        #: ``_args`` and ``_kwargs`` (the psycopg2.pool face, whose users rebind them).
+        self._source = source
         self._options = options
         self._discard = options.reset == "discard"
         self._custom_reset = options.reset if callable(options.reset) else None
         self._always_reset = self._discard or self._custom_reset is not None
 
     def connect(self) -> Any:
+        source = self._source
+        if source is not None:
+            return connect_without_secrets(*source._args, **source._kwargs)
         return connect_without_secrets(*self._args, **self._kwargs)
 
     def prepare(self, conn: Any) -> Any:
@@ -178,12 +201,17 @@ class Psycopg2Driver(Driver[Any]):
             self._options.configure(conn)
             if conn.info.transaction_status != _STATUS_IDLE:
                 conn.commit()  # a configure that ran queries must not leave a transaction open
+        return self.adopt_state(conn)
+
+    def adopt_state(self, conn: Any) -> Any:
         return _ConnState(conn, SessionDefaults(conn) if self._discard else None)
 
     def is_alive(self, conn: Any, state: Any) -> bool:
+        poller = state.poller
+        if poller is None:  # not a libpq connection: see _ConnState
+            return True
         if conn.closed:
             return False
-        poller = state.poller
         if not poller.poll(0):
             return True
         if state.shared:

@@ -32,6 +32,8 @@ class RunnerBase(Generic[DriverT]):
             with contextlib.suppress(AttributeError):
                 driver.log_name = self.name
         self.core = Core(settings)
+        if isinstance(driver, Driver):
+            self.core.stray_state = driver.adopt_state
         self.core.schedule_upkeep(time.monotonic())
         #: None unless metrics are on; then it hears create, wait and use durations.
         self.observer: Optional[Observer] = None

@@ -21,7 +21,7 @@ the outcome back. The books:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 from ..errors import (
     DUPLICATE_MESSAGE,
@@ -32,7 +32,7 @@ from ..errors import (
     PoolTimeout,
 )
 from ..settings import Settings
-from .entry import UNPREPARED, Entry
+from .entry import Entry
 from .stats import Counters, Figures
 from .waiting import SLOT, Grant, Waiter, WaitQueue
 
@@ -83,6 +83,9 @@ class Core:
         self.doomed: List[Entry] = []
         self.closed = False
         self.counters = Counters()
+        #: The driver state for a connection found in the books that the pool did not open
+        #: (``Driver.adopt_state``, no I/O); the runner sets it.
+        self.stray_state: Callable[[Any], Any] = _no_state
         self.timeouts = 0  # never popped: metrics export it as a monotonic counter
         self._needs_upkeep = settings.needs_upkeep
         #: When the hot paths next run lazy upkeep (``upkeep()``); never if nothing can go
@@ -281,6 +284,16 @@ class Core:
     def drop(self, entry: Entry) -> None:
         """Doom a connection that is neither idle nor borrowed; its slot goes to a waiter."""
         self._doom(entry, self.subpools[entry.key])
+        self.offer_slot()
+
+    def forget(self, entry: Entry) -> None:
+        """Stop counting a connection its user took off the books by hand (psycopg2.pool's
+        books edited directly): never closed here; its slot goes to a waiter."""
+        if self.entries.pop(id(entry.conn), None) is None:
+            return
+        sub = self.subpools[entry.key]
+        sub.size -= 1
+        self.size -= 1
         self.offer_slot()
 
     def hold(self, entry: Entry) -> None:
@@ -523,9 +536,13 @@ class Core:
 
     def _adopt_stray(self, conn: Any, sub: SubPool, now: float) -> Entry:
         """An idle connection the engine did not open (code that appends to psycopg2's
-        ``_pool`` itself): counted from now on, its driver state made on first use."""
-        entry = Entry(conn, UNPREPARED, sub.key, now, self.max_lifetime)
+        ``_pool`` itself): counted from now on."""
+        entry = Entry(conn, self.stray_state(conn), sub.key, now, self.max_lifetime)
         self.entries[id(conn)] = entry
         sub.size += 1
         self.size += 1
         return entry
+
+
+def _no_state(conn: Any) -> Any:
+    return None

@@ -7,25 +7,13 @@ import random
 import traceback
 from typing import Any, Hashable, List, Optional
 
-__all__ = ["LIFETIME_JITTER", "UNPREPARED", "Entry", "jittered_deadline"]
+__all__ = ["LIFETIME_JITTER", "Entry", "jittered_deadline"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 #: Each lifetime is cut by a random share up to this, so a pool opened at once does not
 #: expire at once (a reconnect storm).
 LIFETIME_JITTER = 0.10
-
-
-class _Unprepared:
-    """``Entry.state`` of a connection the driver has not prepared yet."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNPREPARED"
-
-
-UNPREPARED = _Unprepared()
 
 
 def jittered_deadline(start: float, lifetime: Optional[float]) -> Optional[float]:

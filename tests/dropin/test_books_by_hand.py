@@ -253,3 +253,17 @@ def test_bad_size_assigned_later_is_refused_clearly(pools: List[Any], pg_dsn: st
     with pytest.raises(ValueError, match="minconn"):
         pool.minconn = 5  # above maxconn
     assert (pool.minconn, pool.maxconn) == (0, 2)
+
+
+def test_subclass_setting_attributes_before_init(
+    impl: ModuleType, pools: List[Any], pg_dsn: str
+) -> None:
+    class Prepared(impl.ThreadedConnectionPool):  # type: ignore[name-defined,misc]
+        def __init__(self, minconn: int, maxconn: int, *args: Any) -> None:
+            self.closed = False  # as stock's own __init__ starts
+            self.minconn, self.maxconn = minconn, maxconn
+            super().__init__(minconn, maxconn, *args)
+
+    pool = threaded(impl, pools, 1, 2, pg_dsn, cls=Prepared)
+    assert (pool.closed, pool.minconn, pool.maxconn) == (False, 1, 2)
+    pool.putconn(pool.getconn())

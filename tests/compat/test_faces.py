@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -288,11 +291,144 @@ def test_gcp_expired_connection_never_handed_out() -> None:
 
 
 def test_gcp_release_of_a_stranger() -> None:
-    # The original: AssertionError (or ConnectionPoolNotFound for an unknown endpoint).
+    # The original: AssertionError from its assert, before the RuntimeError it means to
+    # raise (ConnectionPoolNotFound for an endpoint holding nothing: the same here).
     pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(Manager())
+    held = pool.acquire("a")
     with pytest.raises(RuntimeError, match="not acquired"):
         pool.release(Thing(), "a")
+    with pytest.raises(gcp_exceptions.ConnectionPoolNotFound):
+        pool.release(Thing(), "b")
+    pool.release(held, "a")
     pool.close()
+
+
+def test_gcp_release_of_an_equal_unhashable_connection() -> None:
+    # The original finds an equal connection only through its hash, so not an unhashable one.
+    class Numbered(Unhashable):
+        made = 0
+
+        def __init__(self) -> None:
+            super().__init__([Numbered.made])
+            Numbered.made += 1
+
+    pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(
+        Manager(make=Numbered), min_idle=2, max_size=2, acquire_timeout=0.2
+    )
+    first, second = pool.acquire("a"), pool.acquire("a")
+    pool.release(Unhashable(second), "a")  # a copy: equal, not the same object
+    assert pool.get_endpoint_pool_size("a", acquired=True) == 1
+    assert pool.acquire("a") is second
+    with pytest.raises(RuntimeError, match="not acquired"):
+        pool.release(Unhashable([99]), "a")  # equal to nothing borrowed
+    pool.release(second, "a")
+    pool.release(first, "a")
+    pool.close()
+
+
+def test_gcp_release_gives_back_the_very_object_before_an_equal_one() -> None:
+    # Two borrowed connections equal to each other (empty lists): the one named goes back.
+    pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(
+        Manager(make=Unhashable), min_idle=2, max_size=2
+    )
+    first, second = pool.acquire("a"), pool.acquire("a")
+    assert first == second and first is not second
+    pool.release(second, "a")
+    assert pool.acquire("a") is second
+    pool.release(first, "a")
+    pool.release(second, "a")
+    pool.close()
+
+
+def test_gcp_release_ignores_an_equality_that_raises() -> None:
+    class Touchy(Thing):
+        def __eq__(self, other: object) -> bool:
+            raise TypeError("no comparing")
+
+        __hash__ = Thing.__hash__
+
+    pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(
+        Manager(make=Touchy), min_idle=1, max_size=2
+    )
+    held = pool.acquire("a")
+    with pytest.raises(RuntimeError, match="not acquired"):
+        pool.release(Thing(), "a")
+    pool.release(held, "a")  # the very object: no comparison needed
+    pool.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is POSIX only")
+@pytest.mark.timeout(60)
+def test_gcp_release_in_a_forked_child_of_a_connection_borrowed_before() -> None:
+    # The child's books are empty (the connections are the parent's): giving back one it
+    # inherited is quietly ignored, not an unknown endpoint.
+    pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(Manager())
+    held = pool.acquire("a")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            pool.release(held, "a")
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    status = None
+    while status is None and time.monotonic() < deadline:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        status = code if done else None
+        time.sleep(0.01)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert status == 0
+    pool.release(held, "a")
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_size": 0, "min_idle": 0},  # accepted by the original: a pool that never lends
+        {"min_idle": 2.0, "max_size": 4},  # the original takes any number as a size
+        {"min_idle": "1"},
+        {"total_max_size": 0},
+        {"idle_timeout": float("nan")},
+        {"max_lifetime": "forever"},
+        {"idle_timeout": True},
+        {"acquire_timeout": float("nan")},
+        {"acquire_timeout": "1"},
+        {"dispose_batch_size": -1},
+    ],
+)
+def test_gcp_every_refused_setting_is_invalid_pool_settings(kwargs: Dict[str, Any]) -> None:
+    with pytest.raises(InvalidPoolSettings):
+        gcp_threading.ConnectionPool(Manager(), **kwargs)
+
+
+@pytest.mark.timeout(30)
+def test_gcp_infinite_acquire_timeout_waits() -> None:
+    # The original's timer overflows (OverflowError) on an infinite wait.
+    timeouts: List[Any] = []
+
+    class Checked(Manager):
+        def check_aliveness(self, endpoint: str, conn: Any, timeout: Any = None) -> bool:
+            timeouts.append(timeout)
+            return True
+
+    pool: gcp_threading.ConnectionPool[str, Any] = gcp_threading.ConnectionPool(
+        Checked(), min_idle=1, max_size=1, acquire_timeout=math.inf
+    )
+    held = pool.acquire("a")
+    timer = threading.Timer(0.2, pool.release, (held, "a"))
+    timer.start()
+    assert pool.acquire("a") is held  # waited for the release
+    timer.join(5)
+    pool.release(held, "a")
+    assert pool.acquire("a", timeout=math.inf) is held  # a call's own timeout too
+    pool.release(held, "a")
+    pool.close()
+    assert timeouts == [None, None]  # no time limit, as the original says it
 
 
 def test_gcp_bad_settings_raise_even_under_python_O() -> None:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from time import monotonic
 from typing import Any, Hashable, Optional
 
 from ...driver import Driver
 from ...driver_async import AsyncDriver
 
-__all__ = ["AsyncManagerDriver", "ConnectionState", "ManagerDriver"]
+__all__ = ["OUTSIDE", "AsyncManagerDriver", "ConnectionState", "ManagerDriver"]
 
 logger = logging.getLogger("pgpool_compat")
+
+#: ``ManagerDriver.checkout.deadline`` when no ``acquire()`` runs in this thread.
+OUTSIDE = object()
 
 
 class ConnectionState:
@@ -31,13 +36,21 @@ class ConnectionState:
 class ManagerDriver(Driver[Any]):
     """A synchronous ``BaseConnectionManager`` as an engine driver.
 
-    ``check_aliveness`` runs at every checkout of an idle connection; a dead connection is
-    reported to ``on_connection_dead`` and is not passed to ``dispose`` (as the original).
+    ``check_aliveness`` is the driver's ping, which the runner calls at every checkout of an
+    idle connection and never from its keeper (the original's collector only expires
+    connections; a check there would leave psycopg2 connections idle in a transaction).
+    It gets the time left to the ``acquire()`` running in this thread, positionally, as
+    the original passes it: the pool sets ``checkout.deadline`` around the engine call.
+    A dead connection is reported to ``on_connection_dead`` and is not passed to
+    ``dispose`` (as the original).
     """
 
     def __init__(self, manager: Any, dispose_timeout: Optional[float]) -> None:
         self._manager = manager
         self._dispose_timeout = dispose_timeout
+        #: ``deadline``: when this thread's ``acquire()`` gives up (``None``: never), or
+        #: ``OUTSIDE``.
+        self.checkout = threading.local()
 
     def connect_to(self, key: Hashable) -> Any:
         return self._manager.create(key)
@@ -45,10 +58,18 @@ class ManagerDriver(Driver[Any]):
     def prepare_for(self, conn: Any, key: Hashable) -> ConnectionState:
         return ConnectionState(key)
 
-    def is_alive(self, conn: Any, state: ConnectionState) -> bool:
+    def ping(self, conn: Any, state: ConnectionState, timeout: float) -> bool:
         if state.dead:  # already reported: the engine may ask twice before dropping it
             return False
-        if self._manager.check_aliveness(state.endpoint, conn):
+        deadline: Any = getattr(self.checkout, "deadline", OUTSIDE)
+        remains: Optional[float]
+        if deadline is OUTSIDE:  # a check outside acquire(): the engine's own bound
+            remains = timeout
+        elif deadline is None:
+            remains = None
+        else:
+            remains = max(0.0, deadline - monotonic())
+        if self._manager.check_aliveness(state.endpoint, conn, remains):
             return True
         state.dead = True
         self._manager.on_connection_dead(state.endpoint, conn)

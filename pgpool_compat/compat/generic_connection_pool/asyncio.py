@@ -7,11 +7,10 @@ import contextlib
 from typing import AsyncIterator, Generic, Optional
 
 from ...engine.asyncio import AsyncRunner
-from ...engine.threaded import DEFAULT
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
-from ...settings import Settings
+from ...settings import MAX_SECONDS, Settings
 from ._driver import AsyncManagerDriver
-from .common import ConnectionT, EndpointPool, EndpointT, endpoint_size
+from .common import NOT_ACQUIRED, ConnectionT, EndpointPool, EndpointT, borrowed_as, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -55,8 +54,6 @@ class ConnectionPool(
     in, and ``background_collector=True`` starts its task there.
     """
 
-    _check = "ping"
-
     def _start(self, settings: Settings, dispose_timeout: Optional[float]) -> None:
         self._runner: AsyncRunner[ConnectionT] = AsyncRunner(
             settings, AsyncManagerDriver(self._manager, dispose_timeout), kind="ConnectionPool"
@@ -84,8 +81,12 @@ class ConnectionPool(
 
     async def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
         """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
+        if timeout is None:
+            timeout = self._acquire_timeout
+        elif timeout > MAX_SECONDS:  # inf too: as long as it takes
+            timeout = None
         try:
-            conn = await self._runner.acquire(endpoint, DEFAULT if timeout is None else timeout)
+            conn = await self._runner.acquire(endpoint, timeout)
         except PoolTimeout as error:
             raise TimeoutError(*error.args) from None
         except PoolClosed:
@@ -98,14 +99,18 @@ class ConnectionPool(
         return conn
 
     async def release(self, conn: ConnectionT, endpoint: EndpointT) -> None:
-        """Give ``conn`` back; ``on_release`` runs first. After ``close()`` it is closed."""
+        """Give ``conn`` (or a connection equal to it) back to ``endpoint``; ``on_release``
+        runs first. After ``close()`` it is closed. One not borrowed from ``endpoint`` raises
+        ``RuntimeError`` (``ConnectionPoolNotFound`` if the endpoint holds none)."""
         try:
             await self._manager.on_release(endpoint, conn)
         finally:
+            # No await between the lookup and the release: the books cannot change between.
+            booked = borrowed_as(self._runner.core, contextlib.nullcontext(), conn, endpoint)
             try:
-                await self._runner.release(conn)
+                await self._runner.release(booked)
             except NotBorrowed:
-                raise RuntimeError("connection not acquired") from None
+                raise RuntimeError(NOT_ACQUIRED) from None
 
     async def close(self, timeout: Optional[float] = None) -> None:
         """Close the idle connections now and refuse new acquires; a borrowed connection is

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import abc
 from contextlib import contextmanager
+from time import monotonic
 from typing import Generic, Iterator, Optional
 
-from ...engine.threaded import DEFAULT, ThreadedRunner
+from ...engine.threaded import ThreadedRunner
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
-from ...settings import Settings
-from ._driver import ManagerDriver
-from .common import ConnectionT, EndpointPool, EndpointT, endpoint_size
+from ...settings import MAX_SECONDS, Settings
+from ._driver import OUTSIDE, ManagerDriver
+from .common import NOT_ACQUIRED, ConnectionT, EndpointPool, EndpointT, borrowed_as, endpoint_size
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -33,7 +34,8 @@ class BaseConnectionManager(Generic[EndpointT, ConnectionT], abc.ABC):
     def check_aliveness(
         self, endpoint: EndpointT, conn: ConnectionT, timeout: Optional[float] = None
     ) -> bool:
-        """Whether an idle ``conn`` may be handed out (default: yes)."""
+        """Whether an idle ``conn`` may be handed out (default: yes); ``timeout`` is the time
+        left to the ``acquire()`` (``None``: no limit)."""
         return True
 
     def on_acquire(self, endpoint: EndpointT, conn: ConnectionT) -> None:
@@ -56,14 +58,15 @@ class ConnectionPool(
     long as it takes) and raises the builtin ``TimeoutError``; a closed pool raises
     ``ConnectionPoolClosedError``. Expired and idle connections are closed on release (at most
     ``dispose_batch_size`` at a time, 0: all) or by a background thread
-    (``background_collector=True``). See ``BaseConnectionPool`` for the size settings.
+    (``background_collector=True``), which does not call ``check_aliveness``. See
+    ``BaseConnectionPool`` for the size settings.
     """
 
-    _check = "socket"
-
     def _start(self, settings: Settings, dispose_timeout: Optional[float]) -> None:
+        driver = ManagerDriver(self._manager, dispose_timeout)
+        self._checkout = driver.checkout
         self._runner: ThreadedRunner[ConnectionT] = ThreadedRunner(
-            settings, ManagerDriver(self._manager, dispose_timeout), kind="ConnectionPool"
+            settings, driver, kind="ConnectionPool"
         )
 
     def get_size(self) -> int:
@@ -86,12 +89,20 @@ class ConnectionPool(
 
     def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
         """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
+        if timeout is None:
+            timeout = self._acquire_timeout
+        elif timeout > MAX_SECONDS:  # inf too: as long as it takes (the original overflows)
+            timeout = None
+        checkout = self._checkout  # check_aliveness gets the time left, as in the original
+        checkout.deadline = None if timeout is None else monotonic() + timeout
         try:
-            conn = self._runner.acquire(endpoint, DEFAULT if timeout is None else timeout)
+            conn = self._runner.acquire(endpoint, timeout)
         except PoolTimeout as error:
             raise TimeoutError(*error.args) from None
         except PoolClosed:
             raise ConnectionPoolClosedError("connection pool is closed") from None
+        finally:
+            checkout.deadline = OUTSIDE
         try:
             self._manager.on_acquire(endpoint, conn)
         except BaseException:
@@ -100,14 +111,17 @@ class ConnectionPool(
         return conn
 
     def release(self, conn: ConnectionT, endpoint: EndpointT) -> None:
-        """Give ``conn`` back; ``on_release`` runs first. After ``close()`` it is closed."""
+        """Give ``conn`` (or a connection equal to it) back to ``endpoint``; ``on_release``
+        runs first. After ``close()`` it is closed. One not borrowed from ``endpoint`` raises
+        ``RuntimeError`` (``ConnectionPoolNotFound`` if the endpoint holds none)."""
         try:
             self._manager.on_release(endpoint, conn)
         finally:
+            booked = borrowed_as(self._runner.core, self._runner._lock, conn, endpoint)
             try:
-                self._runner.release(conn)
-            except NotBorrowed:
-                raise RuntimeError("connection not acquired") from None
+                self._runner.release(booked)
+            except NotBorrowed:  # another thread gave it back meanwhile
+                raise RuntimeError(NOT_ACQUIRED) from None
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Close the idle connections now and refuse new acquires; a borrowed connection is

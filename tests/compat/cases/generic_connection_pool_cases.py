@@ -4,7 +4,7 @@
 ``lib`` is the package; its modules are imported by their names under it, so the face must
 mirror the original's layout. Where the face differs on purpose (unhashable connections,
 ``close()`` with borrowed connections, an expired connection is never handed out, validation
-that survives ``python -O``) see tests/compat/test_generic_connection_pool_face.py.
+that survives ``python -O``) see tests/compat/test_faces.py.
 """
 
 from __future__ import annotations
@@ -76,7 +76,15 @@ def _take_log(counter: Counter) -> List[Any]:
 def case_layout_and_names(lib: Any) -> Any:
     names = {}
     for module, wanted in (
-        ("exceptions", ["BaseError", "ConnectionPoolClosedError"]),
+        (
+            "exceptions",
+            [
+                "BaseError",
+                "ConnectionPoolClosedError",
+                "ConnectionPoolIsFull",
+                "ConnectionPoolNotFound",
+            ],
+        ),
         ("threading", ["BaseConnectionManager", "ConnectionPool"]),
         ("asyncio", ["BaseConnectionManager", "ConnectionPool"]),
         (
@@ -110,6 +118,8 @@ def case_layout_and_names(lib: Any) -> Any:
         issubclass(exceptions.ConnectionPoolClosedError, exceptions.BaseError),
         issubclass(exceptions.BaseError, Exception),
         lib.ConnectionPoolClosedError is exceptions.ConnectionPoolClosedError,
+        issubclass(exceptions.ConnectionPoolIsFull, exceptions.BaseError),
+        issubclass(exceptions.ConnectionPoolNotFound, exceptions.BaseError),
     ]
     names["base_pool"] = hasattr(lib, "BaseConnectionPool")
     return names
@@ -363,8 +373,7 @@ def case_background_collector(lib: Any) -> Any:
     deadline = time.monotonic() + 5
     while pool.get_size() and time.monotonic() < deadline:
         time.sleep(0.02)
-    # (the engine's keeper also runs check_aliveness on idle connections: not compared)
-    out = [pool.get_size(), [e[0] for e in _take_log(counter) if e[0] != "check"]]
+    out = [pool.get_size(), [e[0] for e in _take_log(counter)]]
     pool.close()
     return out
 
@@ -386,6 +395,206 @@ def case_closed_pool(lib: Any) -> Any:
     pool.close()  # idempotent
     trace.append(pool.get_size())
     return trace
+
+
+def case_check_aliveness_gets_the_time_left(lib: Any) -> Any:
+    # The original calls check_aliveness(endpoint, conn, timer.remains): positionally, the
+    # time left to the acquire (None without a timeout), so a manager may require it.
+    seen: List[Any] = []
+    base = _mod(lib, "threading").BaseConnectionManager
+
+    class Manager(base):  # type: ignore[misc, valid-type]
+        def create(self, endpoint: str, timeout: Optional[float] = None) -> Conn:
+            return Conn(Counter(), endpoint)
+
+        def dispose(self, endpoint: str, conn: Conn, timeout: Optional[float] = None) -> None:
+            pass
+
+        def check_aliveness(self, *args: Any, **kwargs: Any) -> bool:
+            # How it is called, and the timeout: None, or more than 0 and within the limit.
+            timeout = args[2] if len(args) > 2 else "missing"
+            within = timeout is None or (timeout != "missing" and 0 < timeout <= limit["now"])
+            seen.append([len(args), sorted(kwargs), timeout is None, within])
+            return True
+
+    limit = {"now": 2.0}
+    out = []
+    for acquire_timeout, call_timeout in ((2.0, None), (2.0, 0.5), (None, None)):
+        pool = _mod(lib, "threading").ConnectionPool(
+            Manager(), min_idle=1, max_size=1, acquire_timeout=acquire_timeout
+        )
+        limit["now"] = call_timeout or acquire_timeout or 0.0
+        for _ in range(2):  # the second acquire takes the idle connection: checked
+            conn = pool.acquire("a", timeout=call_timeout)
+            pool.release(conn, "a")
+        pool.close()
+        out.append(seen[:])
+        seen.clear()
+    return out
+
+
+def case_release_an_equal_connection(lib: Any) -> Any:
+    # The original books borrowed connections in a dict: an equal object (a pair rebuilt
+    # after unpacking) is the connection it lent.
+    counter = Counter()
+    base = _mod(lib, "threading").BaseConnectionManager
+
+    class PairManager(base):  # type: ignore[misc, valid-type]
+        def create(self, endpoint: str, timeout: Optional[float] = None) -> Any:
+            conn = (Conn(counter, endpoint), Conn(counter, endpoint))
+            counter.log.append(["create", endpoint, conn[0].i])
+            return conn
+
+        def dispose(self, endpoint: str, conn: Any, timeout: Optional[float] = None) -> None:
+            counter.log.append(["dispose", endpoint, conn[0].i])
+
+        def on_release(self, endpoint: str, conn: Any) -> None:
+            counter.log.append(["on_release", endpoint, conn[0].i])
+
+    pool = _mod(lib, "threading").ConnectionPool(
+        PairManager(), min_idle=2, max_size=2, acquire_timeout=0.2
+    )
+    first, second = pool.acquire("a"), pool.acquire("a")
+    reader, writer = second
+    pool.release((reader, writer), "a")  # a new tuple, equal to the one lent
+    trace: List[Any] = [
+        pool.get_endpoint_pool_size("a", acquired=True),
+        pool.get_endpoint_pool_size("a", acquired=False),
+    ]
+    again = pool.acquire("a")
+    trace.append([again is second, counter.made])
+    pool.release(tuple(again), "a")
+    pool.release(tuple(first), "a")
+    trace.append(_take_log(counter))
+    pool.close()
+    trace.append(pool.get_size())
+    return trace
+
+
+def case_release_to_the_wrong_endpoint(lib: Any) -> Any:
+    # The original refuses a connection the named endpoint did not lend, and changes
+    # nothing: AssertionError "connection is not acquired" (its assert; RuntimeError
+    # "connection not acquired" under -O and here), ConnectionPoolNotFound for an endpoint
+    # that holds no connection. on_release has already run with the endpoint given.
+    counter = Counter()
+    exceptions = _mod(lib, "exceptions")
+    pool = _mod(lib, "threading").ConnectionPool(_manager(lib, counter), min_idle=1, max_size=2)
+    a, b = pool.acquire("a"), pool.acquire("b")
+    _take_log(counter)
+
+    def sizes() -> List[int]:
+        return [pool.get_endpoint_pool_size(e, k) for e in "ab" for k in (True, False)]
+
+    trace: List[Any] = []
+    for endpoint in ("b", "nowhere"):
+        try:
+            pool.release(a, endpoint)
+            trace.append("accepted")
+        except (AssertionError, RuntimeError) as error:
+            trace.append(["not acquired", "not acquired" in str(error)])
+        except exceptions.ConnectionPoolNotFound as error:
+            trace.append([type(error).__name__, isinstance(error, exceptions.BaseError)])
+        trace.append([sizes(), _take_log(counter)])
+    pool.release(a, "a")
+    pool.release(b, "b")
+    trace.append([sizes(), _take_log(counter)])
+    pool.close()
+    return trace
+
+
+def case_settings_the_original_accepts(lib: Any) -> Any:
+    # Accepted (as given by the properties): infinite or long expiry, an idle_timeout of 0,
+    # a truthy non-bool background_collector, a negative acquire_timeout. Refused with an
+    # AssertionError: max_size=0 (below the default min_idle).
+    pool_class = _mod(lib, "threading").ConnectionPool
+    counter = Counter()
+    out: List[Any] = []
+    for kwargs in (
+        {"max_lifetime": float("inf")},
+        {"idle_timeout": float("inf"), "max_lifetime": float("inf")},
+        {"max_lifetime": 2 * 365 * 86400.0},
+        {"idle_timeout": 0},
+        {"background_collector": 1},
+        {"acquire_timeout": -1},
+        {"max_size": 0},
+    ):
+        try:
+            pool = pool_class(_manager(lib, counter), **kwargs)
+        except AssertionError:
+            out.append([sorted(kwargs), "AssertionError"])
+            continue
+        out.append([sorted(kwargs), str(pool.idle_timeout), str(pool.max_lifetime)])
+        pool.close()
+    return out
+
+
+def case_infinite_lifetime_and_zero_idle_timeout(lib: Any) -> Any:
+    counter = Counter()
+    pool_class = _mod(lib, "threading").ConnectionPool
+    never = pool_class(
+        _manager(lib, counter),
+        min_idle=1,
+        max_size=2,
+        idle_timeout=float("inf"),
+        max_lifetime=float("inf"),
+    )
+    extras = [never.acquire("a") for _ in range(2)]
+    for conn in extras:
+        never.release(conn, "a")
+    reused = never.acquire("a")
+    never.release(reused, "a")
+    out: List[Any] = [[reused in extras, never.get_size(), counter.made]]
+    never.close()
+    _take_log(counter)
+    # idle_timeout=0: idle connections beyond min_idle go at once (the original at the
+    # release, the face at the next checkout: compared after it).
+    eager = pool_class(_manager(lib, counter), min_idle=1, max_size=3, idle_timeout=0)
+    conns = [eager.acquire("a") for _ in range(3)]
+    for conn in conns:
+        eager.release(conn, "a")
+    conn = eager.acquire("a")
+    eager.release(conn, "a")
+    disposed = [entry for entry in _take_log(counter) if entry[0] == "dispose"]
+    out.append([len(disposed), eager.get_size(), eager.get_endpoint_pool_size("a", False)])
+    eager.close()
+    return out
+
+
+def case_negative_acquire_timeout_does_not_wait(lib: Any) -> Any:
+    counter = Counter()
+    pool = _mod(lib, "threading").ConnectionPool(
+        _manager(lib, counter), min_idle=1, max_size=1, acquire_timeout=-1
+    )
+    held = pool.acquire("a")  # room: a connection is opened all the same
+    started = time.monotonic()
+    try:
+        pool.acquire("a")
+        error = None
+    except TimeoutError:
+        error = "TimeoutError"
+    out = [error, time.monotonic() - started < 1]
+    pool.release(held, "a")
+    again = pool.acquire("a")  # an idle one is handed out
+    out.append(again is held)
+    pool.release(again, "a")
+    pool.close()
+    return out
+
+
+def case_background_collector_checks_nothing(lib: Any) -> Any:
+    # The original's collector only closes connections whose idle or lifetime event is
+    # due: it never calls check_aliveness (a manager that queries in it, like the
+    # original's own psycopg2 manager, would leave the connection in a transaction).
+    counter = Counter()
+    pool = _mod(lib, "threading").ConnectionPool(
+        _manager(lib, counter), background_collector=True, min_idle=1, max_size=2
+    )
+    conn = pool.acquire("a")
+    pool.release(conn, "a")
+    time.sleep(1.5)  # past the face's keeper interval (1 s)
+    out = [[entry[0] for entry in _take_log(counter)], pool.get_size()]
+    pool.close()
+    return out
 
 
 # -- asyncio -------------------------------------------------------------------------------
@@ -470,6 +679,45 @@ def case_async_cap_timeout(lib: Any) -> Any:
         await pool.release(other, "b")
         await pool.close()
         return [error, 0.15 <= took < 2]
+
+    return asyncio.run(main())
+
+
+def case_async_release_an_equal_connection_or_wrong_endpoint(lib: Any) -> Any:
+    async def main() -> Any:
+        counter = Counter()
+        exceptions = _mod(lib, "exceptions")
+        base = _mod(lib, "asyncio").BaseConnectionManager
+
+        class PairManager(base):  # type: ignore[misc, valid-type]
+            async def create(self, endpoint: str) -> Any:
+                return (Conn(counter, endpoint), Conn(counter, endpoint))
+
+            async def dispose(self, endpoint: str, conn: Any) -> None:
+                counter.log.append(["dispose", endpoint, conn[0].i])
+
+        pool = _mod(lib, "asyncio").ConnectionPool(
+            PairManager(), min_idle=1, max_size=1, acquire_timeout=0.2
+        )
+        reader, writer = await pool.acquire("a")
+        other = await pool.acquire("b")
+        trace: List[Any] = []
+        for endpoint in ("b", "nowhere"):
+            try:
+                await pool.release((reader, writer), endpoint)
+                trace.append("accepted")
+            except (AssertionError, RuntimeError):
+                trace.append("not acquired")
+            except exceptions.ConnectionPoolNotFound:
+                trace.append("ConnectionPoolNotFound")
+        await pool.release((reader, writer), "a")  # a new tuple, equal to the one lent
+        again = await pool.acquire("a")
+        trace.append([again[0] is reader, counter.made])
+        await pool.release(again, "a")
+        await pool.release(other, "b")
+        trace.append([await pool.get_endpoint_pool_size(e, True) for e in "ab"])
+        await pool.close()
+        return trace
 
     return asyncio.run(main())
 

@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from typing import (
     Any,
@@ -183,15 +184,16 @@ class Psycopg2Driver(Driver[Any]):
         self._args = args
         self._kwargs = kwargs
         #: Where the connect arguments are read at each connect, if given: an object with
-        #: ``_args`` and ``_kwargs`` (the psycopg2.pool face, whose users rebind them).
-        self._source = source
+        #: ``_args`` and ``_kwargs`` (the psycopg2.pool face, whose users rebind them), held
+        #: weakly so that the pool is freed by reference counting, as stock's is.
+        self._source = None if source is None else weakref.ref(source)
         self._options = options
         self._discard = options.reset == "discard"
         self._custom_reset = options.reset if callable(options.reset) else None
         self._always_reset = self._discard or self._custom_reset is not None
 
     def connect(self) -> Any:
-        source = self._source
+        source = None if self._source is None else self._source()
         if source is not None:
             return connect_without_secrets(*source._args, **source._kwargs)
         return connect_without_secrets(*self._args, **self._kwargs)

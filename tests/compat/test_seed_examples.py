@@ -260,3 +260,51 @@ def test_generic_connection_pool_psycopg2_manager_per_endpoint(
     finally:
         pool.close()
     assert _sessions(admin_conn, one, 0) + _sessions(admin_conn, two, 0) == 0
+
+
+@pytest.mark.timeout(60)
+def test_generic_connection_pool_contrib_psycopg2_manager(pg_dsn: str, admin_conn: Any) -> None:
+    # The original's own example pool: one endpoint per database, its psycopg2 manager.
+    from pgpool_compat.compat.generic_connection_pool.contrib.psycopg2 import (
+        DbConnectionManager,
+    )
+    from pgpool_compat.compat.generic_connection_pool.threading import ConnectionPool
+
+    params = dict(psycopg2.extensions.parse_dsn(pg_dsn), application_name=f"{APP}-contrib")
+    pool: ConnectionPool[str, Any] = ConnectionPool(
+        DbConnectionManager({"main": params}), min_idle=1, max_size=2, acquire_timeout=5
+    )
+    try:
+        with pool.connection("main") as conn:
+            conn.cursor().execute("SELECT 1")  # left open: rolled back on release
+        with pool.connection("main") as again:
+            assert again is conn
+            assert again.status == psycopg2.extensions.STATUS_READY
+        assert _sessions(admin_conn, f"{APP}-contrib", 1) == 1
+    finally:
+        pool.close()
+    assert _sessions(admin_conn, f"{APP}-contrib", 0) == 0
+
+
+@pytest.mark.timeout(60)
+def test_generic_connection_pool_contrib_asyncpg_manager(pg_dsn: str, admin_conn: Any) -> None:
+    from pgpool_compat.compat.generic_connection_pool.asyncio import ConnectionPool
+    from pgpool_compat.compat.generic_connection_pool.contrib.asyncpg import DbConnectionManager
+
+    params = dict(asyncpg_kwargs(pg_dsn), server_settings={"application_name": f"{APP}-apg"})
+
+    async def body() -> None:
+        pool: ConnectionPool[str, Any] = ConnectionPool(
+            DbConnectionManager({"main": params}), min_idle=1, max_size=2, acquire_timeout=5
+        )
+        try:
+            async with pool.connection("main") as conn:
+                await conn.execute("BEGIN")  # left open: rolled back on release
+            async with pool.connection("main") as again:
+                assert again is conn and not again.is_in_transaction()  # alive: reused
+            assert _sessions(admin_conn, f"{APP}-apg", 1) == 1
+        finally:
+            await pool.close()
+
+    asyncio.run(body())
+    assert _sessions(admin_conn, f"{APP}-apg", 0) == 0

@@ -10,6 +10,7 @@ the psycopg2.pool replacement.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import PoolError, PoolTimeout, PoolTimeoutError, WrongKeyError
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     )
 
 __version__ = "0.2.0.dev0"
+
+# As queries does for its own logger: a program that never configures logging gets no
+# output from this package (no "last resort" WARNING lines on stderr); one that does, through
+# the root logger or pytest's caplog, gets every record as before.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "AsyncConnectionPool": "aio",

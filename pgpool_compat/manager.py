@@ -14,7 +14,10 @@ Drop-in for ``queries.pool`` (same names, classmethods, defaults, messages and s
 - ``create``, ``shutdown``, ``clean`` and every read of ``_pools`` happen under that lock;
 - the idle TTL is enforced whenever a pool is used (plus an optional background cleaner),
   closed and dead connections are pruned instead of holding slots for ever;
-- ``shutdown`` is idempotent, bounded in time and reports what it could not close.
+- ``shutdown`` is idempotent, bounded in time and reports what it could not close;
+- every live pool is known (a subclass's own ``_pools`` registry included): a forked child
+  forgets all their connections, and its copies of their sockets are pointed at
+  ``/dev/null``, so nothing the child does reaches the parent's server sessions.
 
 ``PoolManager.connection(dsn)`` does the whole get-or-create flow in one ``with`` statement.
 Pools are keyed by :func:`pgpool_compat.dsn.pool_id`, so the registry never holds a DSN.
@@ -31,7 +34,7 @@ import os
 import threading
 import time
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import (
@@ -54,7 +57,6 @@ from psycopg2.pool import PoolError
 from .driver import Psycopg2Driver
 from .dsn import connect as connect_without_secrets
 from .dsn import libpq_dsn, pool_id, target_name
-from .engine import log
 from .engine.stats import Figures, Observer, register
 from .engine.threaded import _Keeper, _ThreadWaiter
 from .engine.waiting import SLOT, Grant, WaitQueue
@@ -63,11 +65,13 @@ from .settings import PoolOptions, check_seconds, check_size
 __all__ = [
     "DEFAULT_IDLE_TTL",
     "DEFAULT_MAX_SIZE",
+    "LOGGER",
     "ActivePoolError",
     "Connection",
     "ConnectionBusyError",
     "ConnectionException",
     "ConnectionNotFoundError",
+    "InheritedConnectionError",
     "NoIdleConnectionsError",
     "Pool",
     "PoolConnectionException",
@@ -80,7 +84,10 @@ __all__ = [
     "pool_id",
 ]
 
-logger = logging.getLogger("pgpool_compat")
+#: The manager's logger, as ``queries.pool.LOGGER`` is queries': every line this module logs
+#: goes through this name, so ``mock.patch("pgpool_compat.manager.LOGGER")`` catches them
+#: all. It is the package's ``pgpool_compat`` logger: one logging setup covers every pool kind.
+LOGGER = logging.getLogger("pgpool_compat")
 
 DEFAULT_IDLE_TTL = 60
 
@@ -174,6 +181,11 @@ class _ManagerLock:
 
 # One lock for everything here: see the module docstring.
 _LOCK = _ManagerLock()
+
+#: Every live ``Pool``: a ``PoolManager``'s, a subclass's with its own ``_pools`` registry, or
+#: one made by hand. The fork handler and the wake-up of waiters after a session is collected
+#: must reach them all, not only ``PoolManager._pools``.
+_LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
 class _AdoptedConnections(Psycopg2Driver):
@@ -290,11 +302,39 @@ class PoolFullError(PoolException):
 
 
 class PoolNotFoundError(PoolException, KeyError):
-    """Raised for a pool id that was never created or has been removed (a ``KeyError``,
-    as in queries)."""
+    """Raised for a pool id that was never created or has been removed: a ``KeyError`` with
+    queries' ``args`` and ``str()`` (``'Pool <pid> has not been created'``, quoted as a
+    ``KeyError`` quotes it), plus ``pid``."""
+
+    def __init__(self, pid: Any) -> None:
+        KeyError.__init__(self, f"Pool {pid} has not been created")
+        self.pid = pid
 
     def __str__(self) -> str:
-        return f"Pool {self.pid} has not been created"
+        return KeyError.__str__(self)
+
+    def __reduce__(self) -> Any:
+        # args hold the message, not the pid: rebuild from the pid (pickle, copy).
+        return (type(self), (self.pid,), dict(vars(self)))
+
+
+class InheritedConnectionError(ConnectionNotFoundError):
+    """Raised in a forked child for a connection its parent opened before ``fork()``.
+
+    The child forgot every connection it inherited, and its copies of their sockets were
+    pointed at ``/dev/null``, so no query from the child can reach the parent's server
+    session. A ``ConnectionNotFoundError`` (a ``KeyError``), so a queries ``Session`` that
+    frees such a connection on exit still passes.
+    """
+
+    def __init__(self, pid: Any, cid: Any) -> None:
+        super().__init__(pid, cid)
+        self.process = os.getpid()  # the child that tried to use it
+
+    def __str__(self) -> str:
+        return (f"Connection {self.cid} of pool {self.pid} was opened by the parent process "
+                f"before fork(): process {self.process} cannot use it; open a new session "
+                f"in the child")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -313,11 +353,66 @@ def _session_gone(_ref: Any) -> None:
 
 
 def _serve_released() -> None:
-    """Serve the waiters of every pool (lock held): sessions died holding connections."""
+    """Serve the waiters of every pool (lock held): sessions died holding connections.
+    Every live pool, those of a ``PoolManager`` subclass with its own registry included."""
     _LOCK.releases_pending = False
-    for pool in list(PoolManager._pools.values()):
-        if isinstance(pool, Pool) and pool._waiters:
+    for pool in list(_LIVE_POOLS):
+        if pool._waiters:
             pool._serve()
+
+
+# The engine's event lines (``engine/log.py``), in the same words, through ``LOGGER``.
+
+
+def _log_timed_out(name: str, waited: float) -> None:
+    LOGGER.info("%s: checkout timed out after %.3f s", name, waited)
+
+
+def _log_dead_dropped(name: str, how: str) -> None:
+    LOGGER.info("%s: dropped a dead connection (%s)", name, how)
+
+
+def _log_reset_failed(name: str, error: BaseException) -> None:
+    LOGGER.warning("%s: reset of a returned connection failed (%s); connection discarded",
+                   name, type(error).__name__)
+
+
+#: Connections this process inherited across ``fork()`` (by id, held weakly): using one
+#: raises ``InheritedConnectionError``, which names the fork.
+_INHERITED: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def _inherited(connection: Any) -> bool:
+    return _INHERITED.get(id(connection)) is connection
+
+
+def _not_found(pid: Any, connection: Any) -> ConnectionNotFoundError:
+    """The error for a connection missing from pool ``pid``: ``InheritedConnectionError``
+    when this process inherited it across ``fork()``."""
+    if _inherited(connection):
+        return InheritedConnectionError(pid, id(connection))
+    return ConnectionNotFoundError(pid, id(connection))
+
+
+def _detach(handle: Any) -> None:
+    """In a forked child: point the child's copy of an inherited connection's socket at
+    ``/dev/null`` (close-on-exec, as libpq's socket is), so nothing the child does with it (a
+    query, ``close()``, a collection) can reach the parent's server session. The parent's
+    socket is untouched; the child's query fails at once with libpq's "could not send/receive
+    data" error."""
+    if not isinstance(handle, extensions.connection) or handle.closed:
+        return
+    try:
+        fd = handle.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+    except (psycopg2.Error, OSError):
+        return
+    try:
+        os.dup2(null, fd, inheritable=False)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 def _is_usable(connection: Connection) -> bool:
@@ -372,7 +467,7 @@ class _Request:
     pid: str
     lease: _Lease
     max_size: int
-    idle_ttl: float
+    idle_ttl: Optional[float]
     deadline: Optional[float]
 
 
@@ -393,7 +488,7 @@ class Connection:
 
     def close(self) -> None:
         """Close the handle. Raises ``ConnectionBusyError`` when it is busy and open."""
-        logger.debug("Connection %s closing", self.id)
+        LOGGER.debug("Connection %s closing", self.id)
         with self._lock:
             if self.busy and not self.closed:
                 raise ConnectionBusyError(self.id)
@@ -401,7 +496,7 @@ class Connection:
                 try:
                     self.handle.close()
                 except psycopg2.Error as error:
-                    logger.error("Error closing connection %s: %s", self.id,
+                    LOGGER.error("Error closing connection %s: %s", self.id,
                                  type(error).__name__)
 
     @property
@@ -423,7 +518,7 @@ class Connection:
 
     def free(self) -> None:
         """Release the session's hold. Raises ``ConnectionBusyError`` while executing."""
-        logger.debug("Connection %s freeing", self.id)
+        LOGGER.debug("Connection %s freeing", self.id)
         if self.handle.isexecuting():
             raise ConnectionBusyError(self.id)
         with self._lock:
@@ -441,7 +536,7 @@ class Connection:
             if self.busy:
                 raise ConnectionBusyError(self.id)
             self.used_by = weakref.ref(session, _session_gone)
-        logger.debug("Connection %s locked", self.id)
+        LOGGER.debug("Connection %s locked", self.id)
 
     @property
     def locked(self) -> bool:
@@ -461,13 +556,13 @@ class Pool:
     _lock = _LOCK
 
     idle_start: Optional[float] = None
-    idle_ttl: float = DEFAULT_IDLE_TTL
+    idle_ttl: Optional[float] = DEFAULT_IDLE_TTL  # None: no idle TTL, as queries accepts
     max_size: int = DEFAULT_MAX_SIZE
 
     def __init__(
         self,
         pool_id: str,
-        idle_ttl: float = DEFAULT_IDLE_TTL,
+        idle_ttl: Optional[float] = DEFAULT_IDLE_TTL,
         max_size: int = DEFAULT_MAX_SIZE,
         time_method: Optional[Callable[[], float]] = None,
         *,
@@ -487,6 +582,7 @@ class Pool:
         self._waiters: WaitQueue[_Turn] = WaitQueue()  # connection() callers, oldest first
         self._serving = False
         register(self)
+        _LIVE_POOLS.add(self)
 
     def __contains__(self, connection: Any) -> bool:
         return id(connection) in self.connections
@@ -496,19 +592,26 @@ class Pool:
 
     def add(self, connection: Any) -> None:
         """Add a new connection. Raises ``ValueError`` when it is already in the pool and
-        ``PoolFullError`` (after closing it) when the pool is full."""
+        ``PoolFullError`` (after closing it) when the pool is full.
+
+        A connection added now has not been idle: the pool's idle clock stops until the
+        next free (or until ``clean`` finds every connection idle), so the idle TTL cannot
+        close it before its session locks it, as ``queries.Session`` does right after."""
         with self._lock:
             if id(connection) in self.connections:
                 raise ValueError("Connection already exists in pool")
+            if _inherited(connection):
+                raise InheritedConnectionError(self.id, id(connection))
             full = len(self.connections) + self._reserved >= self.max_size
             if not full:
                 self.connections[id(connection)] = Connection(connection)
+                self.idle_start = None
         if full:
-            logger.warning("%s: pool full: closing the connection that cannot be added",
+            LOGGER.warning("%s: pool full: closing the connection that cannot be added",
                            self.name)
             _DRIVER.dispose(connection)
             raise PoolFullError(self.id)
-        logger.debug("%s: added connection %s", self.name, id(connection))
+        LOGGER.debug("%s: added connection %s", self.name, id(connection))
 
     @property
     def busy_connections(self) -> List[Connection]:
@@ -517,19 +620,25 @@ class Pool:
 
     def clean(self) -> None:
         """Drop closed connections no live session holds; close every connection when the
-        pool has been idle for longer than its TTL."""
+        pool has been idle for longer than its TTL (never, when the TTL is ``None``).
+
+        A pool whose connections are all idle without a free having started its idle clock
+        (they were added and never locked, or their session was collected) starts it now."""
         with self._lock:
             for connection in self._snapshot():
                 if connection.closed and not connection._held():
-                    logger.debug("%s: removing closed connection %s", self.name,
+                    LOGGER.debug("%s: removing closed connection %s", self.name,
                                  connection.id)
                     self.remove(connection.handle)
-            if self.idle_duration > self.idle_ttl:
+            if self.idle_start is None:
+                if self.connections and not self.busy_connections:
+                    self.idle_start = self.time_method()  # idle from now, not before
+            elif self.idle_ttl is not None and self.idle_duration > self.idle_ttl:
                 try:
                     self.close()
                 except ConnectionBusyError as error:
-                    logger.debug("%s: idle TTL passed but %s", self.name, error)
-        logger.debug("%s: cleaned", self.name)
+                    LOGGER.debug("%s: idle TTL passed but %s", self.name, error)
+        LOGGER.debug("%s: cleaned", self.name)
 
     def close(self) -> None:
         """Close and remove every connection. Busy ones stay; the first raises
@@ -541,7 +650,7 @@ class Pool:
                     self.remove(connection.handle)
                 except ConnectionBusyError:
                     busy.append(cid)
-        logger.debug("%s: closed", self.name)
+        LOGGER.debug("%s: closed", self.name)
         if busy:
             raise ConnectionBusyError(busy[0])
 
@@ -551,8 +660,14 @@ class Pool:
         return [c for c in self._snapshot() if c.closed]
 
     def connection_handle(self, connection: Any) -> Connection:
-        """The :class:`Connection` for a psycopg2 connection (``KeyError`` if absent)."""
-        return self.connections[id(connection)]
+        """The :class:`Connection` for a psycopg2 connection (``KeyError`` if absent; in a
+        forked child, ``InheritedConnectionError`` for one its parent opened)."""
+        try:
+            return self.connections[id(connection)]
+        except KeyError:
+            if _inherited(connection):
+                raise InheritedConnectionError(self.id, id(connection)) from None
+            raise
 
     @property
     def executing_connections(self) -> List[Connection]:
@@ -561,12 +676,12 @@ class Pool:
 
     def free(self, connection: Any) -> None:
         """Release a session's hold on ``connection``. Raises ``ConnectionNotFoundError``."""
-        logger.debug("%s: freeing connection %s", self.name, id(connection))
+        LOGGER.debug("%s: freeing connection %s", self.name, id(connection))
         with self._lock:
             try:
                 wrapper = self.connection_handle(connection)
             except KeyError:
-                raise ConnectionNotFoundError(self.id, id(connection)) from None
+                raise _not_found(self.id, connection) from None
             wrapper.free()
             if not self.busy_connections:
                 self.idle_start = self.time_method()
@@ -614,10 +729,10 @@ class Pool:
             try:
                 wrapper = self.connection_handle(connection)
             except KeyError:
-                raise ConnectionNotFoundError(self.id, cid) from None
+                raise _not_found(self.id, connection) from None
             wrapper.lock(session)
             self.idle_start = None
-        logger.debug("%s: locked connection %s", self.name, cid)
+        LOGGER.debug("%s: locked connection %s", self.name, cid)
 
     @property
     def locked_connections(self) -> List[Connection]:
@@ -630,11 +745,11 @@ class Pool:
         cid = id(connection)
         with self._lock:
             if cid not in self.connections:
-                raise ConnectionNotFoundError(self.id, cid)
+                raise _not_found(self.id, connection)
             self.connection_handle(connection).close()
             del self.connections[cid]
             self._serve()
-        logger.debug("%s: removed connection %s", self.name, cid)
+        LOGGER.debug("%s: removed connection %s", self.name, cid)
 
     def report(self) -> Dict[str, Any]:
         """The pool's state and configuration (queries' keys, plus ``waiting``)."""
@@ -673,8 +788,10 @@ class Pool:
 
     @property
     def closed(self) -> bool:
-        """Whether the manager no longer holds this pool (removed or shut down)."""
-        return PoolManager._pools.get(self.id) is not self
+        """Whether no manager holds this pool (removed or shut down, or never registered):
+        ``PoolManager`` or any subclass, with its own ``_pools`` registry or not. Lock-free
+        (single dict reads): the engine's own fork handler asks it before the lock is reset."""
+        return not any(registry.get(self.id) is self for registry in _registries())
 
     def figures(self) -> Figures:
         """The gauges metrics export."""
@@ -695,8 +812,8 @@ class Pool:
                 timeouts=self._timeouts,
             )
 
-    def set_idle_ttl(self, ttl: float) -> None:
-        """Set the idle TTL (seconds)."""
+    def set_idle_ttl(self, ttl: Optional[float]) -> None:
+        """Set the idle TTL (seconds; ``None``: no idle TTL)."""
         with self._lock:
             self.idle_ttl = ttl
 
@@ -722,7 +839,7 @@ class Pool:
         None (lock held). Those whose server hung up are dropped, not handed out."""
         for connection in self.idle_connections:
             if not _is_usable(connection):
-                log.dead_dropped(self.name, "socket")
+                _log_dead_dropped(self.name, "socket")
                 self.remove(connection.handle)
                 continue
             connection.lock(session)
@@ -797,17 +914,30 @@ class Pool:
         for handle in idle:
             _DRIVER.dispose(handle)
         left = executing + _close_within([h for h in held if not h.closed], deadline)
-        logger.debug("%s: shut down, %d connection(s) left open", self.name, len(left))
+        LOGGER.debug("%s: shut down, %d connection(s) left open", self.name, len(left))
         return left
 
 
 # -- PoolManager ---------------------------------------------------------------------------
 
 
-def _seconds(name: str, value: Any) -> None:
+def _seconds(name: str, value: Any, *, allow_none: bool = False) -> None:
     """Validate a duration of ``PoolManager.connection``: a number >= 0 with no upper bound
     (``inf`` is allowed, as queries allows any TTL), naming it in the error."""
-    check_seconds(name, value, allow_zero=True, allow_none=False, maximum=math.inf)
+    check_seconds(name, value, allow_zero=True, allow_none=allow_none, maximum=math.inf)
+
+
+def _registries() -> List[Dict[str, Pool]]:
+    """The ``_pools`` registry of ``PoolManager`` and of every subclass that has its own."""
+    found: Dict[int, Dict[str, Pool]] = {}
+    classes: List[type] = [PoolManager]
+    while classes:
+        manager = classes.pop()
+        registry = vars(manager).get("_pools")
+        if isinstance(registry, dict):
+            found.setdefault(id(registry), registry)
+        classes.extend(manager.__subclasses__())
+    return list(found.values())
 
 
 def _shut_down(pid: str, pool: Pool) -> int:
@@ -818,7 +948,7 @@ def _shut_down(pid: str, pool: Pool) -> int:
     except ConnectionBusyError as error:
         return error.connections_left
     except Exception as error:  # one failing pool must not stop the others' shutdown
-        logger.error("%s: shutdown failed: %s", pool.name, type(error).__name__)
+        LOGGER.error("%s: shutdown failed: %s", pool.name, type(error).__name__)
     return len(pool)
 
 
@@ -839,7 +969,7 @@ class _Sweeper:
         try:
             self.manager._sweep()
         except Exception:
-            logger.exception("manager: cleaning pass failed")
+            LOGGER.exception("manager: cleaning pass failed")
 
 
 #: One sweeper per manager class, held here for good: a keeper holds its target weakly.
@@ -893,7 +1023,7 @@ class PoolManager:
         with cls._lock:
             pool = cls._pools.get(pid)
             if pool is None:
-                logger.debug("%s: clean invoked, but there is no such pool", pid)
+                LOGGER.debug("%s: clean invoked, but there is no such pool", pid)
                 return
             pool.clean()
             cls._maybe_remove_pool(pid)
@@ -902,16 +1032,17 @@ class PoolManager:
     def create(
         cls,
         pid: str,
-        idle_ttl: float = DEFAULT_IDLE_TTL,
+        idle_ttl: Optional[float] = DEFAULT_IDLE_TTL,
         max_size: int = DEFAULT_MAX_SIZE,
         time_method: Optional[Callable[[], float]] = None,
     ) -> None:
         """Create pool ``pid``. Raises ``KeyError`` when it exists (checked under the lock,
-        so two racing creators can never silently replace each other's pool)."""
+        so two racing creators can never silently replace each other's pool). An
+        ``idle_ttl`` of ``None`` means no idle TTL, as ``queries.Session`` accepts."""
         with cls._lock:
             if pid in cls._pools:
                 raise KeyError(f"Pool {pid} already exists")
-            logger.debug("%s: creating pool (idle_ttl=%s, max_size=%s)", pid, idle_ttl, max_size)
+            LOGGER.debug("%s: creating pool (idle_ttl=%s, max_size=%s)", pid, idle_ttl, max_size)
             cls._pools[pid] = Pool(pid, idle_ttl, max_size, time_method)
 
     @classmethod
@@ -919,10 +1050,10 @@ class PoolManager:
         """Free a connection a session held. ``ConnectionNotFoundError`` (a ``KeyError``)
         when the connection or the pool is gone."""
         with cls._lock:
-            logger.debug("%s: freeing connection %s", pid, id(connection))
+            LOGGER.debug("%s: freeing connection %s", pid, id(connection))
             pool = cls._pools.get(pid)
             if pool is None:
-                raise ConnectionNotFoundError(pid, id(connection))
+                raise _not_found(pid, connection)
             pool.free(connection)
 
     @classmethod
@@ -939,8 +1070,12 @@ class PoolManager:
 
     @classmethod
     def get_connection(cls, pid: str, connection: Any) -> Connection:
-        """The :class:`Connection` wrapping ``connection`` in pool ``pid``."""
+        """The :class:`Connection` wrapping ``connection`` in pool ``pid`` (``KeyError`` if
+        absent; in a forked child, ``InheritedConnectionError`` for one its parent opened,
+        so a queries ``Session`` inherited across ``fork()`` fails naming the fork)."""
         with cls._lock:
+            if _inherited(connection):
+                raise InheritedConnectionError(pid, id(connection))
             return cls._pool(pid).connection_handle(connection)
 
     @classmethod
@@ -970,11 +1105,25 @@ class PoolManager:
     @classmethod
     def remove(cls, pid: str) -> None:
         """Close every connection of pool ``pid`` and remove the pool. A busy connection
-        raises ``ConnectionBusyError`` and keeps the pool (with only its busy ones)."""
+        raises ``ConnectionBusyError`` and keeps the pool (with only its busy ones); so does
+        a ``connection()`` call connecting for it, with ``ActivePoolError``. The callers of
+        ``connection()`` waiting for a removed pool start over on a new one."""
         with cls._lock:
             pool = cls._pool(pid)
-            pool.close()
-            del cls._pools[pid]
+            if pool not in _LIVE_POOLS:  # a stand-in patched into _pools, as queries' tests do
+                pool.close()
+                del cls._pools[pid]
+                return
+            serving, pool._serving = pool._serving, True  # no slot to a waiter meanwhile
+            try:
+                pool.close()
+                if pool._reserved:  # a connect in flight will add its connection here
+                    raise ActivePoolError(pid)
+                cls._drop(pid, pool)
+            finally:
+                pool._serving = serving
+                if not serving and cls._pools.get(pid) is pool:
+                    pool._serve()  # kept: the closed connections' slots go to the waiters
 
     @classmethod
     def remove_connection(cls, pid: str, connection: Any) -> None:
@@ -982,12 +1131,12 @@ class PoolManager:
         with cls._lock:
             pool = cls._pools.get(pid)
             if pool is None:
-                raise ConnectionNotFoundError(pid, id(connection))
+                raise _not_found(pid, connection)
             pool.remove(connection)
 
     @classmethod
-    def set_idle_ttl(cls, pid: str, ttl: float) -> None:
-        """Set the idle TTL of pool ``pid``."""
+    def set_idle_ttl(cls, pid: str, ttl: Optional[float]) -> None:
+        """Set the idle TTL of pool ``pid`` (``None``: no idle TTL)."""
         with cls._lock:
             cls._pool(pid).set_idle_ttl(ttl)
 
@@ -1009,7 +1158,7 @@ class PoolManager:
         if not cls._lock.acquire(timeout=timeout):
             if cls._cleaner is not None:
                 cls._cleaner.stopping.set()
-            logger.error("PoolManager.shutdown: lock not available within %.3g s; "
+            LOGGER.error("PoolManager.shutdown: lock not available within %.3g s; "
                          "nothing closed", timeout)
             return {pid: len(pool) for pid, pool in list(cls._pools.items())}
         try:
@@ -1030,10 +1179,10 @@ class PoolManager:
         finally:
             _SHUTDOWN_DEADLINE.reset(token)
         if report:
-            logger.warning("PoolManager.shutdown left %d connection(s) open in pool(s) %s",
+            LOGGER.warning("PoolManager.shutdown left %d connection(s) open in pool(s) %s",
                            sum(report.values()), ", ".join(sorted(report)))
         else:
-            logger.info("Shutdown complete, all pooled connections closed")
+            LOGGER.info("Shutdown complete, all pooled connections closed")
         return report
 
     @classmethod
@@ -1059,7 +1208,7 @@ class PoolManager:
         dsn: str,
         *,
         max_size: int = DEFAULT_MAX_SIZE,
-        idle_ttl: float = DEFAULT_IDLE_TTL,
+        idle_ttl: Optional[float] = DEFAULT_IDLE_TTL,
         timeout: Optional[float] = None,
     ) -> Iterator[Any]:
         """Borrow a connection to ``dsn`` for the ``with`` block.
@@ -1072,7 +1221,7 @@ class PoolManager:
         first served among ``connection()`` callers.
         """
         check_size("max_size", max_size, minimum=1)
-        _seconds("idle_ttl", idle_ttl)
+        _seconds("idle_ttl", idle_ttl, allow_none=True)
         if timeout is not None:
             _seconds("timeout", timeout)
         pid = pool_id(dsn)
@@ -1140,10 +1289,22 @@ class PoolManager:
 
     @classmethod
     def _maybe_remove_pool(cls, pid: str) -> None:
-        """Remove pool ``pid`` when it has no connection. A ``connection()`` call still
-        connecting or waiting for it notices and starts over on a new pool."""
-        if not len(cls._pools[pid]):
-            del cls._pools[pid]
+        """Remove pool ``pid`` when it has no connection and no ``connection()`` call is
+        connecting for it (its reserved slot will be a connection). The callers waiting
+        for it are turned away: they start over on a new pool."""
+        pool = cls._pools[pid]
+        if len(pool):
+            return
+        if pool in _LIVE_POOLS and pool._reserved:  # (not a stand-in patched into _pools)
+            return
+        cls._drop(pid, pool)
+
+    @classmethod
+    def _drop(cls, pid: str, pool: Pool) -> None:
+        """Take pool ``pid`` out of the registry and turn its waiters away (lock held)."""
+        del cls._pools[pid]
+        if pool in _LIVE_POOLS:
+            pool._turn_away()
 
     @classmethod
     def _sweep(cls) -> None:
@@ -1153,7 +1314,7 @@ class PoolManager:
                 try:
                     pool.clean()
                 except Exception:  # one bad pool must not stop the cleaner
-                    logger.exception("%s: cleaning failed", pool.name)
+                    LOGGER.exception("%s: cleaning failed", pool.name)
 
     @classmethod
     def _checkout(cls, dsn: str, request: _Request) -> Tuple[Pool, Any]:
@@ -1229,7 +1390,7 @@ class PoolManager:
     def _timed_out(pool: Pool, lease: _Lease) -> PoolFullError:
         """Count and log a ``connection(timeout=...)`` call that gave up (lock held)."""
         pool._timeouts += 1
-        log.timed_out(pool.name, time.monotonic() - lease.started)
+        _log_timed_out(pool.name, time.monotonic() - lease.started)
         return PoolFullError(pool.id)
 
     @staticmethod
@@ -1266,20 +1427,25 @@ class PoolManager:
             if state:
                 _DRIVER.reset(handle, None)  # a rollback: no per-connection state needed
         except psycopg2.Error as error:  # the server went away, or shutdown closed it
-            log.reset_failed(name, error)
+            _log_reset_failed(name, error)
             return False
         return state is not None
 
 
 def _after_fork_in_child() -> None:
-    """Forget every connection the parent owns, and reset the lock in place.
+    """Forget every connection the parent owns, in every live pool, and reset the lock.
 
+    Every pool: ``PoolManager``'s, a subclass's with its own registry, one made by hand.
     Closing an inherited connection would end the parent's session; dropping the reference
-    is safe (psycopg2 does not close a connection it collects in another process). A thread
-    holding the lock at the fork does not exist in the child: the lock is reinitialised, not
-    replaced, so every reference to it (manager, pools, connections) stays right. The cleaner
-    threads, which the child lacks but its pools' idle TTLs still need, are started anew: the
-    manager's, and that of each subclass that started its own.
+    is safe (psycopg2 does not close a connection it collects in another process). A session
+    the child inherited still holds its connection, though: the child's copy of its socket
+    is pointed at ``/dev/null`` (see ``_detach``), so a query fails at once without reaching
+    the parent's server session, and the manager then raises ``InheritedConnectionError``,
+    which names the fork. A thread holding the lock at the fork does not exist in the child:
+    the lock is reinitialised, not replaced, so every reference to it (manager, pools,
+    connections) stays right. The cleaner threads, which the child lacks but its pools' idle
+    TTLs still need, are started anew: the manager's, and that of each subclass that started
+    its own.
     """
     _LOCK.reinit_after_fork()
     cleaners = []
@@ -1288,12 +1454,16 @@ def _after_fork_in_child() -> None:
         if cleaner is not None:
             manager._cleaner = None
             cleaners.append((manager, cleaner))
-    for pool in list(PoolManager._pools.values()):
-        if isinstance(pool, Pool):
-            pool.connections.clear()
-            pool._reserved = 0
-            pool._waiters.clear()
-            pool.idle_start = None
+    for pool in list(_LIVE_POOLS):
+        for connection in pool._snapshot():
+            handle = getattr(connection, "handle", None)
+            with suppress(TypeError):  # a stand-in handle that cannot be weakly referenced
+                _INHERITED[id(handle)] = handle
+            _detach(handle)
+        pool.connections.clear()
+        pool._reserved = 0
+        pool._waiters.clear()
+        pool.idle_start = None
     for manager, cleaner in cleaners:
         if not cleaner.stopping.is_set():
             manager.start_cleaner(cleaner.interval)

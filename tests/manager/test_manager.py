@@ -150,6 +150,7 @@ ERRORS = [
     manager.NoIdleConnectionsError("p"),
     manager.PoolFullError("p"),
     manager.PoolNotFoundError("p"),
+    manager.InheritedConnectionError("p", "c"),
 ]
 
 
@@ -164,7 +165,13 @@ def test_errors_share_one_base_that_is_a_pool_error(error: Exception) -> None:
 
 def test_lookup_errors_are_key_errors() -> None:
     assert isinstance(manager.ConnectionNotFoundError("p", "c"), KeyError)
-    assert str(manager.PoolNotFoundError("p")) == "Pool p has not been created"
+    missing = manager.PoolNotFoundError("p")
+    # queries raised KeyError("Pool p has not been created"): the same args and str().
+    theirs = KeyError("Pool p has not been created")
+    assert missing.args == theirs.args and str(missing) == str(theirs)
+    assert missing.pid == "p"
+    copy = pickle.loads(pickle.dumps(missing))
+    assert (copy.args, copy.pid, str(copy)) == (missing.args, "p", str(missing))
 
 
 def test_free_after_the_pool_is_gone_raises_what_session_catches() -> None:

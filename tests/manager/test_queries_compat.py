@@ -13,6 +13,7 @@ import gc
 import hashlib
 import importlib
 import inspect
+import logging
 import sys
 import threading
 import time
@@ -692,3 +693,72 @@ def test_string_patch_targets_reach_our_module(queries_on_ours: types.ModuleType
         pid = new_pid()
         imported.PoolManager.create(pid)
         assert imported.PoolManager.is_full(pid) is True
+
+
+def test_session_with_no_idle_ttl(queries_on_ours: types.ModuleType, pg_dsn: str) -> None:
+    """queries accepts ``pool_idle_ttl=None``; the first get() raised TypeError here."""
+    queries = queries_on_ours
+    uri = session_uri(pg_dsn) + "?application_name=mgr_ttl_none_session"
+    with queries.Session(uri, pool_idle_ttl=None) as session:
+        backend = session.backend_pid
+    with queries.Session(uri, pool_idle_ttl=None) as session:
+        assert session.backend_pid == backend
+        assert pool.PoolManager.report()["pools"][session.pid]["idle"]["ttl"] is None
+
+
+def test_a_session_inherited_across_fork_fails_naming_the_fork(
+    queries_on_ours: types.ModuleType, pg_dsn: str
+) -> None:
+    """gunicorn --preload style: a module-level Session opened before fork(), used in the
+    child. Its query used to run on the parent's server session, then get_connection raised
+    a bare KeyError. Now nothing reaches the parent's session and the error names the fork."""
+    from tests.dropin.test_fork import run_in_child
+
+    queries = queries_on_ours
+    session = queries.Session(session_uri(pg_dsn) + "?application_name=mgr_fork_session")
+    session.query("SET application_name = 'parent_session'")
+    parent_backend = session.backend_pid
+
+    def child() -> Dict[str, Any]:
+        outcome: Dict[str, Any] = {}
+        try:
+            session.query("SET application_name = 'child_was_here'")
+            outcome["query"] = "ran"
+        except pool.InheritedConnectionError as error:
+            outcome["query"] = type(error).__name__
+            outcome["message"] = str(error)
+            outcome["is_key_error"] = isinstance(error, KeyError)
+            outcome["not_found"] = isinstance(error, pool.ConnectionNotFoundError)
+        session._cleanup()  # what the Session's exit and __del__ do: must not raise
+        return outcome
+
+    outcome = run_in_child(child)
+    assert outcome["query"] == "InheritedConnectionError", outcome
+    assert "fork()" in outcome["message"] and "parent" in outcome["message"]
+    assert outcome["is_key_error"] and outcome["not_found"]
+    # The parent's server session: the same backend, and the child's SET never reached it.
+    assert session.query("SELECT pg_backend_pid() AS b, "
+                         "current_setting('application_name') AS a").as_dict() == {
+        "b": parent_backend, "a": "parent_session"}
+    session._cleanup()
+
+
+def test_mock_patch_of_the_module_logger_catches_the_managers_lines(
+    queries_on_ours: types.ModuleType, pg_dsn: str
+) -> None:
+    """queries.pool has ``LOGGER``, which tests patch; ours had none (AttributeError)."""
+    queries = queries_on_ours
+    uri = session_uri(pg_dsn) + "?application_name=mgr_logger_patch"
+    with mock.patch("queries.pool.LOGGER") as logger:
+        assert pool.LOGGER is logger
+        with queries.Session(uri, pool_max_size=1) as session:
+            pid = session.pid
+        logged = [c.args[0] for c in logger.debug.call_args_list]
+        assert "%s: added connection %s" in logged
+        extra = psycopg2.connect(pg_dsn)
+        with pytest.raises(pool.PoolFullError):
+            pool.PoolManager.add(pid, extra)  # full: closed, and a WARNING through LOGGER
+        assert extra.closed
+        assert logger.warning.call_args.args[0].endswith(
+            "pool full: closing the connection that cannot be added")
+    assert pool.LOGGER is logging.getLogger("pgpool_compat")

@@ -57,8 +57,9 @@ class ConnectionPool(FactoryFace, Generic[ConnT]):
         name: Optional[str] = None,
     ) -> None:
         settings, driver = factory_parts(FactoryDriver[ConnT], "factory", locals())
+        # min_size is opened here, before the keeper starts (a connect error is raised).
         self._runner: ThreadedRunner[ConnT] = ThreadedRunner(
-            settings, driver, kind=type(self).__name__
+            settings, driver, kind=type(self).__name__, prefill=True
         )
         # Hot path: the runner's own methods, one call frame fewer per checkout and return
         # (unless a subclass overrides them).
@@ -66,11 +67,6 @@ class ConnectionPool(FactoryFace, Generic[ConnT]):
             self.acquire = self._runner.acquire  # type: ignore[method-assign]
         if type(self).release is ConnectionPool.release:
             self.release = self._runner.release  # type: ignore[method-assign]
-        try:
-            self._runner.prefill()
-        except BaseException:
-            self._runner.close()
-            raise
 
     # -- borrowing -------------------------------------------------------------------------
 

@@ -95,14 +95,10 @@ class ConnectionPool(_NextormPool):
     _lifo = False  # nextorm's queue hands out the longest-idle connection first.
 
     def _start(self, factory: Callable[[], Any], settings: Settings) -> None:
+        # Opens min_size now; a connect error closes the runner and is raised.
         self._runner: ThreadedRunner[Any] = ThreadedRunner(
-            settings, FactoryDriver(factory), kind="nextorm.ConnectionPool"
+            settings, FactoryDriver(factory), kind="nextorm.ConnectionPool", prefill=True
         )
-        try:
-            self._runner.prefill()
-        except BaseException:
-            self._runner.close()
-            raise
 
     def acquire(self) -> Any:
         """Borrow a connection: an idle one, else a new one under ``max_size``, else wait."""

@@ -78,7 +78,12 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         kind: str = "pool",
         reentrant: bool = False,
         metrics_label: Optional[str] = None,
+        prefill: bool = False,
     ) -> None:
+        """``prefill``: open ``min_size`` now (a connect error closes the runner and is
+        raised). The keeper (``settings.background``) starts only after that: started
+        first, it would reserve the slots and the constructor would return without the
+        minimum open, its connect errors logged instead of raised."""
         super().__init__(settings, driver, kind)
         #: What metrics call this pool; None: its name (a face may name its server instead).
         self.metrics_label = metrics_label
@@ -90,6 +95,12 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         self._keeper: Optional[_Keeper] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
         register(self)
+        if prefill:
+            try:
+                self.prefill()
+            except BaseException:
+                self.close()
+                raise
         if settings.background:
             self.start_keeper()
 
@@ -633,7 +644,8 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                 raise
 
     def start_keeper(self) -> None:
-        """Start the background keeper (``background=True`` does at construction)."""
+        """Start the background keeper (``background=True`` does at construction, after
+        the construction-time prefill)."""
         self._keeper = _Keeper(self)
         self._keeper.start()
 

@@ -369,6 +369,31 @@ def test_prefill_opens_up_to_max_size_and_reports_errors() -> None:
             pool.prefill(-1)
 
 
+def test_background_keeper_starts_after_the_constructor_opened_min_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started first, the keeper reserved the slots: the constructor returned without
+    ``min_size`` open and a failing factory's error was logged, never raised."""
+    seen_at_start: List[int] = []
+    start_keeper = ThreadedRunner.start_keeper
+
+    def recording_start(runner: ThreadedRunner[Any]) -> None:
+        seen_at_start.append(runner.idle_count)
+        start_keeper(runner)
+
+    monkeypatch.setattr(ThreadedRunner, "start_keeper", recording_start)
+    factory = Factory()
+    with ConnectionPool(factory, min_size=2, max_size=4, background=True) as pool:
+        assert seen_at_start == [2]
+        assert pool.idle_count == 2 and len(factory.made) == 2
+    factory.failures = 2
+    seen_at_start.clear()
+    with pytest.raises(ConnectionError):
+        ConnectionPool(factory, min_size=2, max_size=4, background=True)
+    assert seen_at_start == []  # closed before any keeper ran
+    assert factory.open_conns() == []
+
+
 def test_a_connect_failure_frees_the_slot_and_reaches_the_caller() -> None:
     factory = Factory()
     with ConnectionPool(factory, min_size=0, max_size=1, timeout=1) as pool:

@@ -14,6 +14,7 @@ from typing import AsyncIterator, Awaitable, Callable, Generic, Optional, Type, 
 
 from .driver_async import AsyncFactoryDriver, Hook
 from .engine.asyncio import AsyncRunner
+from .engine.threaded import DEFAULT
 from .errors import PoolClosed
 from .factory_face import FactoryFace, factory_parts, prefill_count
 from .settings import check_seconds
@@ -74,9 +75,12 @@ class AsyncConnectionPool(FactoryFace, Generic[ConnT]):
         """Open ``min_size`` connections (in the running loop, which the pool now serves)."""
         await self._runner.prefill()
 
-    async def acquire(self) -> ConnT:
-        """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``)."""
-        return await self._runner.acquire()
+    async def acquire(self, timeout: Optional[float] = DEFAULT) -> ConnT:
+        """Borrow a connection, waiting up to ``timeout`` for one (``PoolTimeoutError``).
+
+        ``timeout`` (positional or keyword) replaces the pool's for this call, with the
+        same meaning: seconds, ``0`` fails at once, ``None`` waits as long as it takes."""
+        return await self._runner.acquire(None, timeout)
 
     async def release(self, conn: ConnT) -> None:
         """Give a borrowed connection back; safe to call from a task being cancelled.

@@ -37,6 +37,9 @@ class _Default:
 
     __slots__ = ()
 
+    def __repr__(self) -> str:  # shown in the faces' signatures
+        return "<the pool's timeout>"
+
 
 DEFAULT: Any = _Default()
 

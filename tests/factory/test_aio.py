@@ -221,6 +221,23 @@ def test_timeout_zero_fails_at_once_and_none_waits() -> None:
     run(body)
 
 
+def test_an_argument_to_acquire_is_a_timeout_as_in_the_sync_pool() -> None:
+    async def body() -> None:
+        factory = Factory()
+        async with AsyncConnectionPool(factory, min_size=0, max_size=1, timeout=10) as pool:
+            held = await pool.acquire(5)
+            started = time.monotonic()
+            with pytest.raises(PoolTimeoutError, match=r"timeout=0\.1\b"):
+                await pool.acquire(0.1)
+            assert 0.09 <= time.monotonic() - started < 2.0
+            with pytest.raises(PoolTimeoutError):
+                await pool.acquire(timeout=0)
+            assert (pool.pool_size, len(factory.made)) == (1, 1)
+            await pool.release(held)
+
+    run(body)
+
+
 def test_waiters_are_served_first_come_first_served() -> None:
     """Each task re-queues right after returning: with barging it would get its own
     connection back at once; with FIFO hand-off the turns go round robin."""

@@ -181,6 +181,26 @@ def test_timeout_zero_fails_at_once_and_none_waits() -> None:
         assert got == [held]
 
 
+def test_an_argument_to_acquire_is_a_timeout_never_a_key_past_max_size() -> None:
+    """psycopg_pool's ``getconn(timeout)`` habit: ``acquire(5)`` became a sub-pool key with
+    a max_size of its own (a connection past ``max_size`` at every call)."""
+    factory = Factory()
+    with ConnectionPool(factory, min_size=0, max_size=1, timeout=10) as pool:
+        held = pool.acquire(5)
+        for call in (lambda: pool.acquire(0.1), lambda: ConnectionPool.acquire(pool, 0.1)):
+            started = time.monotonic()
+            with pytest.raises(PoolTimeoutError, match=r"timeout=0\.1\b"):
+                call()
+            assert 0.09 <= time.monotonic() - started < 2.0  # its own timeout, not the pool's
+        with pytest.raises(PoolTimeoutError):
+            pool.acquire(timeout=0)
+        with pytest.raises(TypeError):
+            pool.acquire(key="other")  # type: ignore[call-arg]
+        assert (pool.pool_size, len(factory.made)) == (1, 1)
+        pool.release(held)
+        assert pool.acquire(None) is held  # None: as long as it takes (nothing to wait for)
+
+
 def test_waiters_are_served_in_arrival_order() -> None:
     order: List[int] = []
     with ConnectionPool(Factory(), min_size=1, max_size=1, timeout=10) as pool:

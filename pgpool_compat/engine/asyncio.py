@@ -37,7 +37,7 @@ from .base import RunnerBase
 from .checks import CheckPolicy
 from .entry import Entry
 from .stats import Figures, live_runners, register, unregister
-from .threaded import DEFAULT, _Keeper
+from .threaded import DEFAULT, KEPT_AFTER_FORK, _Keeper
 from .waiting import SLOT, Grant, Waiter
 
 __all__ = ["AsyncRunner"]
@@ -635,8 +635,10 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
 
     def _after_fork_in_child(self) -> None:
         """Forget what the parent owns, without closing it (closing would end its sessions),
-        and the parent's loop: the child's first use binds its own."""
-        self.core.forget_all()
+        and the parent's loop: the child's first use binds its own. The parent's
+        connections stay referenced (``KEPT_AFTER_FORK``): asyncpg's ``__del__`` would abort
+        their transports, unregistering the sockets from the epoll the parent shares."""
+        KEPT_AFTER_FORK.extend(self.core.forget_all())
         self._loop = None
         self._opening.clear()
         self._settling.clear()

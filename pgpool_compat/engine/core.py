@@ -397,9 +397,16 @@ class Core:
             self.out.clear()
         self.waiters.fail_all(PoolClosed())
 
-    def forget_all(self) -> None:
+    def forget_all(self) -> List[Any]:
         """In a forked child: drop every book without closing anything (the connections
-        are the parent's); borrowed ones are remembered so returning one is a no-op."""
+        are the parent's); borrowed ones are remembered so returning one is a no-op.
+        Returns every connection dropped (idle, borrowed, being reset, doomed), for the
+        runner to keep referenced for the child's life: one finalized in the child
+        (asyncpg's ``__del__`` aborts its transport) cuts the parent's off."""
+        forgotten = [entry.conn for entry in self.entries.values()]
+        forgotten += [entry.conn for entry in self.doomed]
+        for sub in self.subpools.values():
+            forgotten += sub.idle  # with those appended to psycopg2's _pool by hand
         self.inherited.update((key, entry.conn) for key, entry in self.out.items())
         for sub in self.subpools.values():
             sub.idle.clear()  # in place: a face may hold these lists (psycopg2's _pool)
@@ -411,6 +418,7 @@ class Core:
         self.waiters.clear()
         self.doomed.clear()
         self.size = self.opening = self.settling = 0
+        return forgotten
 
     def figures(self, name: str, kind: str) -> Figures:
         idle = sum(len(sub.idle) for sub in self.subpools.values())

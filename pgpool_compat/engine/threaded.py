@@ -27,9 +27,15 @@ from .entry import Entry
 from .stats import Figures, live_runners, register, unregister
 from .waiting import SLOT, Grant, Waiter
 
-__all__ = ["DEFAULT", "ThreadedRunner"]
+__all__ = ["DEFAULT", "KEPT_AFTER_FORK", "ThreadedRunner"]
 
 monotonic = time.monotonic
+
+#: In a forked child, every connection the parent's pools held when it forked (both runner
+#: kinds): referenced for the child's life, never finalized here, since a finalizer
+#: (asyncpg's ``__del__``) would abort the socket and the event-loop registration the
+#: parent still uses. Never closed, never handed out.
+KEPT_AFTER_FORK: List[Any] = []
 
 
 class _Default:
@@ -657,7 +663,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         # A parent thread may have held it at fork time. Re-initialised in place: the psycopg2
         # face's subclasses hold this very object as ``_lock``.
         self._lock._at_fork_reinit()
-        self.core.forget_all()
+        KEPT_AFTER_FORK.extend(self.core.forget_all())
         had_keeper, self._keeper = self._keeper is not None, None
         if had_keeper and not self.core.closed:  # the parent's thread does not exist here
             self.start_keeper()

@@ -302,10 +302,12 @@ def test_abandoned_slot_goes_to_a_waiter() -> None:
 def test_forget_all_remembers_borrowed_without_closing() -> None:
     core = make()
     borrowed = open_one(core, lend=True)
-    open_one(core)
-    core.forget_all()
+    idle = open_one(core)
+    forgotten = core.forget_all()
     assert core.size == 0 and not core.doomed and not idle_of(core)
     assert core.inherited == {id(borrowed.conn): borrowed.conn}
+    # For the runner to keep referenced in the child: never finalized there.
+    assert {id(conn) for conn in forgotten} == {id(borrowed.conn), id(idle.conn)}
 
 
 def test_figures() -> None:

@@ -9,6 +9,7 @@ Fake connections drive the rules deterministically; every test runs its own
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 from typing import Any, Dict, List
@@ -150,6 +151,36 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
                 assert again is conn and scalar(again, "SELECT 1") == 1
 
     run(body, bound=20)
+
+
+def test_a_forked_child_never_finalizes_the_parents_asyncpg_connections(pg_dsn: str) -> None:
+    """The child's at-fork hook dropped the last references to the parent's connections:
+    collected there, asyncpg's ``__del__`` aborted the transport, unregistering the socket
+    from the epoll the child shares with the parent, whose next query then never ended."""
+    import asyncpg
+
+    from tests.dropin.test_fork import run_in_child
+    from tests.factory.test_aio import asyncpg_kwargs
+
+    kwargs = asyncpg_kwargs(pg_dsn)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        lambda: asyncpg.connect(**kwargs), min_size=2, max_size=2, timeout=5
+    )
+
+    def child() -> Dict[str, Any]:
+        gc.collect()
+        return {}
+
+    async def body() -> None:
+        async with pool:
+            async with pool.connection() as borrowed:  # borrowed at the fork, one idle
+                run_in_child(child)
+                assert await asyncio.wait_for(borrowed.fetchval("SELECT 1"), 5) == 1
+            async with pool.connection() as first, pool.connection() as second:
+                for conn in (first, second):
+                    assert await asyncio.wait_for(conn.fetchval("SELECT 1"), 5) == 1
+
+    run(body, bound=25)
 
 
 def test_the_observer_hears_every_connect_checkout_and_borrow() -> None:

@@ -23,6 +23,7 @@ another thread is refused with ``PoolError``.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import weakref
@@ -157,7 +158,8 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
 
     def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Moving on from a loop that ended: its tasks and waiters are gone with it, and
-        idle connections opened for it may be bound to it (asyncpg's are): close them."""
+        connections opened for it may be bound to it (asyncpg's are): close the idle ones
+        now, and the borrowed ones when they are returned."""
         core = self.core
         now = monotonic()
         core.waiters.clear()  # first: their futures belong to the old loop, never offer to them
@@ -171,6 +173,11 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
         self._keeper = None
         for entry in core.take_all_idle():
             core.settled(entry, False, now)
+        # Borrowed in the old loop: its session state is unknown and it may be bound to that
+        # loop too, so its lifetime ends now and its return closes it (no reset, never lent
+        # again); the release path stays as it is.
+        for entry in core.out.values():
+            entry.expires_at = -math.inf
         if core.doomed:
             self._dispose_doomed()
 

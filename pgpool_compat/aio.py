@@ -125,7 +125,11 @@ class AsyncConnectionPool(FactoryFace, Generic[ConnT]):
         await self._runner.close(timeout=timeout)
 
     async def __aenter__(self) -> AsyncConnectionPool[ConnT]:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:  # nobody holds the pool: close what start() opened, as the
+            await self._runner.close()  # sync constructor does
+            raise
         return self
 
     async def __aexit__(

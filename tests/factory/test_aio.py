@@ -112,6 +112,29 @@ def test_start_prefills_and_async_with_closes_everything() -> None:
     run(body)
 
 
+def test_async_with_closes_what_start_opened_when_start_fails() -> None:
+    """``__aexit__`` never runs when ``__aenter__`` raises: the connections ``start()`` had
+    opened stayed open in a pool nobody held (the sync constructor closes them)."""
+    made: List[FakeConn] = []
+
+    async def third_fails() -> FakeConn:
+        if len(made) == 2:
+            raise ConnectionError("server said no")
+        made.append(FakeConn(len(made)))
+        return made[-1]
+
+    async def body() -> None:
+        pool = AsyncConnectionPool(third_fails, min_size=3, max_size=3)
+        with pytest.raises(ConnectionError):
+            async with pool:
+                pytest.fail("the body ran")
+        await settle()
+        assert len(made) == 2 and all(conn.closed for conn in made)
+        assert pool.closed and pool.pool_size == 0
+
+    run(body)
+
+
 #: Made at module level, outside any event loop, as applications do.
 MODULE_LEVEL_FACTORY = Factory()
 MODULE_LEVEL_POOL: AsyncConnectionPool[FakeConn] = AsyncConnectionPool(

@@ -88,11 +88,18 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         reentrant: bool = False,
         metrics_label: Optional[str] = None,
         prefill: bool = False,
+        wait_for_returns: Optional[bool] = None,
     ) -> None:
         """``prefill``: open ``min_size`` now (a connect error closes the runner and is
         raised). The keeper (``settings.background``) starts only after that: started
         first, it would reserve the slots and the constructor would return without the
-        minimum open, its connect errors logged instead of raised."""
+        minimum open, its connect errors logged instead of raised.
+
+        ``wait_for_returns``: a checkout out of time (``timeout=0`` included) that finds
+        the pool full only because connections are being reset or checked waits for them,
+        ``check_timeout`` at most, as if the returning thread held the lock: psycopg2.pool
+        holds its lock through the rollback, and its face's reset is bounded. Default: with
+        ``reentrant`` (the psycopg2 face) only; every other face fails at its deadline."""
         super().__init__(settings, driver, kind)
         #: What metrics call this pool; None: its name (a face may name its server instead).
         self.metrics_label = metrics_label
@@ -103,6 +110,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         self.unlogged_losses = 0
         self._keeper: Optional[_Keeper] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
+        self._wait_for_returns = reentrant if wait_for_returns is None else wait_for_returns
         register(self)
         if prefill:
             try:
@@ -369,7 +377,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                         reserved = True
                     else:
                         if deadline is not None and now >= deadline:
-                            if not core.settling:
+                            if not (core.settling and self._wait_for_returns):
                                 raise self.timed_out(started, timeout)
                             # Out of time, but a return is being reset: idle in a moment
                             # (the reset is bounded), as if the returning thread held the lock.

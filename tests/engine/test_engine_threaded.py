@@ -93,6 +93,42 @@ def test_timeout_zero_fails_at_once_in_the_faces_words(
     assert runner.figures().timeouts == 1 and runner.stats()["requests_errors"] == 1
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_return_being_reset_is_waited_for_at_timeout_zero_by_the_psycopg2_face_only(
+    runners: List[ThreadedRunner[Any]], reentrant: bool
+) -> None:
+    """psycopg2.pool holds its lock through the rollback, so its face (the reentrant
+    runner) serves a caller arriving mid-reset; every other face fails at its deadline."""
+    resetting, finish = threading.Event(), threading.Event()
+
+    def reset(conn: Resource) -> None:
+        resetting.set()
+        assert finish.wait(10)
+
+    runner: ThreadedRunner[Any] = ThreadedRunner(
+        Settings(max_size=1, timeout=0), FactoryDriver(Factory(), reset=reset),
+        reentrant=reentrant,
+    )  # fmt: skip
+    runners.append(runner)
+    held = runner.acquire()
+    returning = threading.Thread(target=runner.release, args=(held,), daemon=True)
+    returning.start()
+    try:
+        assert resetting.wait(5)
+        if reentrant:
+            threading.Timer(0.2, finish.set).start()
+            assert runner.acquire() is held
+        else:
+            started = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                runner.acquire()
+            assert time.monotonic() - started < 0.5
+    finally:
+        finish.set()
+        returning.join(5)
+    assert not returning.is_alive()
+
+
 def test_timeout_none_waits_for_ever_not_one_year(runners: List[ThreadedRunner[Any]]) -> None:
     runner = factory_runner(runners, max_size=1, timeout=None)
     held = runner.acquire()

@@ -181,6 +181,33 @@ def test_timeout_zero_fails_at_once_and_none_waits() -> None:
         assert got == [held]
 
 
+@pytest.mark.parametrize("timeout", [0, 0.2])
+def test_timeout_holds_while_another_thread_resets_a_return(timeout: float) -> None:
+    """A return inside a slow user ``reset`` made ``acquire()`` wait ``check_timeout``
+    (5 s, not even a keyword of this pool) past its timeout, ``timeout=0`` included."""
+    resetting, finish = threading.Event(), threading.Event()
+
+    def slow_reset(conn: FakeConn) -> None:
+        resetting.set()
+        assert finish.wait(10)
+
+    with ConnectionPool(
+        Factory(), min_size=0, max_size=1, timeout=timeout, reset=slow_reset
+    ) as pool:
+        held = pool.acquire()
+        returning = start_thread(lambda: pool.release(held))
+        try:
+            assert resetting.wait(5)
+            started = time.monotonic()
+            with pytest.raises(PoolTimeoutError):
+                pool.acquire()
+            assert time.monotonic() - started < timeout + 1.0
+        finally:
+            finish.set()
+            join_all([returning])
+        assert pool.acquire() is held
+
+
 def test_an_argument_to_acquire_is_a_timeout_never_a_key_past_max_size() -> None:
     """psycopg_pool's ``getconn(timeout)`` habit: ``acquire(5)`` became a sub-pool key with
     a max_size of its own (a connection past ``max_size`` at every call)."""

@@ -34,7 +34,15 @@ _ID_KEY = os.urandom(32)
 
 T = TypeVar("T")
 
-_FIRST_QUOTED = re.compile(r'"[^"]*"')
+#: A setting libpq refused, quoted after "invalid" on its line ('invalid integer value "..."
+#: for connection option "port"', 'invalid sslmode value: "..."'), at the start of the
+#: message or after the server it was connecting to ('connection to server at "h", port
+#: 5432 failed: invalid integer value "..." for connection option "connect_timeout"'). The
+#: value runs to the quote before ' for connection option', else to the line's last quote:
+#: it may hold quotes itself.
+_REFUSED_VALUE = re.compile(
+    r'(\binvalid\b[^"\n]*")(.*?)("(?: for connection option "[^"\n]*")?[^"\n]*)$', re.MULTILINE
+)
 
 _WITHHELD = "invalid dsn (details withheld: they may contain a password)"
 
@@ -100,11 +108,9 @@ def without_secrets(
     message = str(error)
     if message.startswith("invalid dsn"):
         return _same_class(error, _WITHHELD)
-    masked = message
-    if message.startswith("invalid"):
-        # libpq's check of one setting ('invalid integer value "..." for connection option
-        # "port"') quotes the value first: mask it, since a factory's DSN is not known here.
-        masked = _FIRST_QUOTED.sub('"***"', masked, count=1)
+    # Every value libpq refused, wherever it is quoted: a factory's DSN is not known here,
+    # and the value may be a misplaced password.
+    masked = _REFUSED_VALUE.sub(r"\1***\3", message)
     for secret in secrets:
         if secret:
             masked = masked.replace(secret, "***")

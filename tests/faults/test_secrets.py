@@ -310,6 +310,10 @@ def secret_dsns() -> Dict[str, str]:
         "unquoted space": f"host=127.0.0.1 port=1 password=my {MARK}",
         "bad port value": f"host=127.0.0.1 port=x{MARK} password={MARK}",
         "bad sslmode value": f"host=127.0.0.1 port=1 sslmode={MARK} password={MARK}",
+        # Refused once connecting: libpq's message then starts with 'connection to server
+        # at "127.0.0.1", port 1 failed: invalid integer value "..."'. A misplaced password
+        # (no password= to recover it from), quoted, so the mask must find the whole value.
+        "bad connect_timeout value": f'host=127.0.0.1 port=1 connect_timeout=x"{MARK}',
         "refused": f"host=127.0.0.1 port=1 user=postgres password={MARK}",
     }
 
@@ -411,3 +415,34 @@ def test_every_face_keeps_the_password_out_of_errors_reprs_and_logs(
     assert seen.errors >= len(secret_dsns()) * 9  # the search is not vacuous
     leaks = [text for text in seen.texts if MARK in text]
     assert not leaks, leaks[0][:800]
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        (
+            f'invalid integer value "x{MARK}" for connection option "port"\n',
+            'invalid integer value "***" for connection option "port"\n',
+        ),
+        (
+            'connection to server at "127.0.0.1", port 1 failed: invalid integer value '
+            f'"x"{MARK}" for connection option "connect_timeout"\n'
+            'connection to server at "::1", port 1 failed: invalid integer value '
+            f'"x"{MARK}" for connection option "connect_timeout"\n',
+            'connection to server at "127.0.0.1", port 1 failed: invalid integer value "***" '
+            'for connection option "connect_timeout"\n'
+            'connection to server at "::1", port 1 failed: invalid integer value "***" '
+            'for connection option "connect_timeout"\n',
+        ),
+        (f'invalid sslmode value: "{MARK}"\n', 'invalid sslmode value: "***"\n'),
+    ],
+)
+def test_a_refused_value_is_masked_wherever_libpq_quotes_it(message: str, shown: str) -> None:
+    """Only a message starting with "invalid" was masked, and only up to the value's first
+    quote; libpq prefixes the settings it checks while connecting with the server it tried.
+    The option's name and the server stay: they say what to fix."""
+    from pgpool_compat.dsn import without_secrets
+
+    safe = without_secrets(psycopg2.OperationalError(message))
+    assert safe is not None and type(safe) is psycopg2.OperationalError
+    assert str(safe) == shown

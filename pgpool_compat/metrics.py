@@ -19,6 +19,7 @@ import weakref
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
+from ._commands import pip_install
 from .engine import stats
 
 __all__ = [
@@ -204,6 +205,19 @@ def _update_observers() -> None:
 # -- OpenTelemetry --------------------------------------------------------------------------
 
 
+# The oldest OpenTelemetry that takes the histograms' buckets (setup.cfg's floor).
+_OTEL_REQUIREMENT = "opentelemetry-api>=1.30"
+
+
+def _otel_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"opentelemetry-api {version('opentelemetry-api')}"
+    except Exception:  # metadata missing: say what we know
+        return "the installed opentelemetry-api"
+
+
 class _OpenTelemetry:
     """The instruments of one ``instrument()`` call."""
 
@@ -212,15 +226,25 @@ class _OpenTelemetry:
 
         self.meter_provider = meter_provider or otel_metrics.get_meter_provider()
         meter = self.meter_provider.get_meter("pgpool_compat", __version__)
-        self.histograms = {
-            name: meter.create_histogram(
-                f"db.client.connection.{name}",
-                unit="s",
-                description=description,
-                explicit_bucket_boundaries_advisory=list(BUCKETS),
-            )
-            for name, _attribute, description in DURATIONS
-        }
+        try:
+            self.histograms = {
+                name: meter.create_histogram(
+                    f"db.client.connection.{name}",
+                    unit="s",
+                    description=description,
+                    explicit_bucket_boundaries_advisory=list(BUCKETS),
+                )
+                for name, _attribute, description in DURATIONS
+            }
+        except TypeError as error:
+            if "explicit_bucket_boundaries_advisory" not in str(error):
+                raise
+            # OpenTelemetry before 1.30 has no way to give the buckets; its default ones
+            # (0 to 10,000) would put every duration in seconds in the first few.
+            raise ImportError(
+                f"pgpool_compat.metrics needs {_OTEL_REQUIREMENT} (histogram buckets), not "
+                f"{_otel_version()}: {pip_install(repr(_OTEL_REQUIREMENT))}"
+            ) from None
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
             callbacks=[self._count],

@@ -4,8 +4,10 @@
 loopback port with trust authentication and durability switched off (tests want speed, not
 crash safety), and removes everything again on :meth:`PostgresServer.cleanup`, on leaving a
 ``with`` block, at interpreter exit, on ``KeyboardInterrupt`` and when the owning process gets
-``SIGTERM``. What an owner killed with ``SIGKILL`` left running is stopped and removed by the
-next process that starts a server.
+``SIGTERM`` or ``SIGHUP`` (the terminal closed) that it does not handle itself; signal handlers
+can only be installed from the main thread, so that needs a server created there. A Ctrl-C
+during clean-up waits until it is done. What an owner killed with ``SIGKILL`` left running (or
+an interrupted ``initdb``) is stopped and removed by the next process that starts a server.
 
 PostgreSQL refuses to run as root, so when the current user is root the server processes
 (``initdb`` and ``postgres``) run as the unprivileged OS user ``postgres`` (or ``nobody`` when
@@ -26,6 +28,7 @@ returns it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import logging
 import os
@@ -41,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import psycopg2
 
@@ -260,7 +263,15 @@ _templates_lock = threading.RLock()
 _copies: dict[tuple[Path, str], Path] = {}
 _live: set[PostgresServer] = set()
 _live_lock = threading.RLock()
-_hooks_installed = False
+# Directories being filled (a template during initdb, a copy of binaries) and the initdbs
+# running, for a signal that ends the process before they are recorded or removed.
+_unfinished: set[Path] = set()
+_initdbs: set[subprocess.Popen[bytes]] = set()
+_atexit_installed = False
+_signals_installed = False
+#: Signals that end the process unless handled: the harness cleans up first (SIGHUP: the
+#: terminal or SSH session was closed).
+_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _forget_after_fork() -> None:
@@ -271,6 +282,8 @@ def _forget_after_fork() -> None:
     _templates.clear()
     _copies.clear()
     _live.clear()
+    _unfinished.clear()
+    _initdbs.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -310,8 +323,8 @@ class PostgresServer:
         self._base = _make_base(f"{name}-")
         self._data = self._base / "data"
         self._log_path = self._base / "postgres.log"
-        _register(self)
         try:
+            _register(self)
             self._os_user.give(self._base)
             self._init_cluster()
             self.start()
@@ -423,8 +436,11 @@ class PostgresServer:
             self.start()
 
     def cleanup(self) -> None:
-        """Stop the server and delete its directory. Idempotent; safe to call at any time."""
-        with self._lock:
+        """Stop the server and delete its directory. Idempotent; safe to call at any time.
+
+        A Ctrl-C meanwhile (in the main thread) waits until it is done, then is delivered.
+        """
+        with self._lock, _sigint_held(deliver=True):
             try:
                 self.stop("fast")
             finally:
@@ -456,8 +472,16 @@ class PostgresServer:
             template = _templates.get(key)
             if template is None or not template.exists():
                 template = _make_base("pgpool_compat-template-")
-                self._os_user.give(template)
-                self._run_initdb(template / "data")
+                _unfinished.add(template)
+                try:
+                    self._os_user.give(template)
+                    self._run_initdb(template / "data")
+                except BaseException:  # failed or interrupted (Ctrl-C): nothing stays
+                    with _sigint_held(deliver=False):  # the exception is on its way already
+                        shutil.rmtree(template, ignore_errors=True)
+                    raise
+                finally:
+                    _unfinished.discard(template)
                 _templates[key] = template
         shutil.copytree(template / "data", self._data, symlinks=True)
         self._os_user.give(self._data)
@@ -480,12 +504,17 @@ class PostgresServer:
         ]
         with open(target.parent / "initdb.log", "wb") as log:
             process = self._os_user.popen(args, log, cwd=target.parent)
+            _initdbs.add(process)
             try:
                 code = process.wait(120)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
                 code = -1
+            finally:
+                # Timed out or interrupted (Ctrl-C): initdb runs in a session of its own, which
+                # the terminal's signal never reaches; end it and the postgres it runs.
+                with _sigint_held(deliver=True):
+                    _end_session(process)
+                    _initdbs.discard(process)
         if code != 0:
             output = (target.parent / "initdb.log").read_text(errors="replace").strip()
             raise RuntimeError(f"initdb failed ({code}): {output[-2000:]}")
@@ -526,6 +555,54 @@ class PostgresServer:
             return "(no server log)"
 
 
+def _end_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``process`` and its session (it leads one: ``_OsUser.popen``) if it is still
+    running, and reap it."""
+    if process.poll() is not None:
+        return  # reaped: its pid, and so the session id, may be reused by now
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:  # gone meanwhile
+        process.kill()
+    try:
+        process.wait(_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        logger.warning("process %d did not die of SIGKILL in %ss", process.pid, _STOP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _sigint_held(*, deliver: bool) -> Iterator[None]:
+    """Clean-up that a Ctrl-C must not cut short: a SIGINT during the block waits for its
+    end, then (``deliver``) reaches the handler that was in place, or is dropped (the process
+    is ending anyway, or an exception is already on its way). Main thread only: elsewhere
+    no signal handler runs, so the block is not interrupted anyway."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # set outside Python: cannot be put back
+    ):
+        yield
+        return
+    came: list[int] = []
+
+    def note(signum: int, frame: Optional[FrameType]) -> None:
+        came.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, note)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came and deliver:
+            if callable(previous):  # Python's default raises KeyboardInterrupt here
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+
+
 def _runnable_binaries(binaries: ServerBinaries, os_user: _OsUser) -> tuple[Path, str]:
     """A binary directory ``os_user`` can run, and its version: the one found, or (root's
     stand-in locked out of the embedded server, say in a virtualenv under /root) a copy."""
@@ -550,11 +627,19 @@ def _copy_embedded(bin_dir: Path) -> Path:
     themselves (``$ORIGIN/../../../pgserver.libs``), to a new directory anyone can read."""
     site = bin_dir.parents[2]
     copy = _make_base("pgpool_compat-pginstall-")
-    copy.chmod(0o755)
-    shutil.copytree(bin_dir.parent, copy / bin_dir.parent.relative_to(site), symlinks=True)
-    libs = site / f"{EMBEDDED_PACKAGE}.libs"
-    if libs.is_dir():
-        shutil.copytree(libs, copy / libs.name, symlinks=True)
+    _unfinished.add(copy)
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(bin_dir.parent, copy / bin_dir.parent.relative_to(site), symlinks=True)
+        libs = site / f"{EMBEDDED_PACKAGE}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+    except BaseException:  # failed or interrupted (Ctrl-C): no half copy stays
+        with _sigint_held(deliver=False):
+            shutil.rmtree(copy, ignore_errors=True)
+        raise
+    finally:
+        _unfinished.discard(copy)
     return copy
 
 
@@ -574,18 +659,28 @@ def _owner_tag(pid: int) -> str:
 def _make_base(prefix: str) -> Path:
     """A new temporary directory, marked as owned by this process."""
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    (base / _OWNER_FILE).write_text(_owner_tag(os.getpid()))
+    try:
+        (base / _OWNER_FILE).write_text(_owner_tag(os.getpid()))
+    except BaseException:  # unmarked, no later process would remove it
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     return base
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
+    except PermissionError:  # another user's: alive, unless a zombie
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or hidden: os.kill's answer stands
         return True
-    return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last.
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _sweep_orphans() -> None:
@@ -621,42 +716,53 @@ def _kill_orphan_postmaster(data: Path) -> None:
 
 
 def _register(server: PostgresServer) -> None:
-    """Track a live server so exit paths can clean it up; install those paths once."""
-    global _hooks_installed
+    """Track a live server so exit paths can clean it up; install those paths: the atexit
+    hook with the first server, the signal handlers with the first one made in the main
+    thread (the only thread that may install them)."""
+    global _atexit_installed, _signals_installed
+    in_main = threading.current_thread() is threading.main_thread()
     with _live_lock:
         _live.add(server)
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-    # KeyboardInterrupt and sys.exit both end in atexit.
-    atexit.register(_cleanup_all)
-    # SIGTERM would kill us without atexit; handle it unless the application already does.
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    ):
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    _sweep_orphans()
+        first = not _atexit_installed
+        _atexit_installed = True
+        signals = in_main and not _signals_installed
+        _signals_installed = _signals_installed or in_main
+    if first:
+        # KeyboardInterrupt and sys.exit both end in atexit.
+        atexit.register(_cleanup_all)
+    if signals:
+        # SIGTERM and SIGHUP would kill us without atexit; handle them unless the application
+        # already does (or ignores them: nohup).
+        for signum in _EXIT_SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, _on_exit_signal)
+    if first:
+        _sweep_orphans()
 
 
 def _cleanup_all() -> None:
-    """Clean up every server this process started, and the initdb templates."""
-    with _live_lock:
-        servers = list(_live)
-    for server in servers:
-        try:
-            server.cleanup()
-        except Exception:  # keep cleaning the others; this runs at exit
-            logger.exception("cleanup of %r failed", server)
-    with _templates_lock:
-        for directory in [*_templates.values(), *_copies.values()]:
-            shutil.rmtree(directory, ignore_errors=True)
-        _templates.clear()
-        _copies.clear()
+    """Clean up every server this process started, and the initdb templates. The process is
+    ending: a Ctrl-C meanwhile is dropped rather than leave files behind."""
+    with _sigint_held(deliver=False):
+        with _live_lock:
+            servers = list(_live)
+        for server in servers:
+            try:
+                server.cleanup()
+            except Exception:  # keep cleaning the others; this runs at exit
+                logger.exception("cleanup of %r failed", server)
+        for process in list(_initdbs):  # a signal handler ending us during an initdb
+            _end_session(process)
+        with _templates_lock:
+            for directory in [*_templates.values(), *_copies.values(), *_unfinished]:
+                shutil.rmtree(directory, ignore_errors=True)
+            _templates.clear()
+            _copies.clear()
 
 
-def _on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
-    """Clean up, then die of SIGTERM as we would have without this handler."""
+def _on_exit_signal(signum: int, frame: Optional[FrameType]) -> None:
+    """Clean up, then die of the signal (SIGTERM, SIGHUP) as we would have without this
+    handler."""
     _cleanup_all()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

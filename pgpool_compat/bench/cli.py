@@ -14,18 +14,21 @@ import json
 import logging
 import os
 import platform
+import re
 import signal
 import sys
 import threading
 from dataclasses import asdict
 from types import FrameType
-from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, TextIO
 
 import psycopg2
-from psycopg2 import extensions
+from psycopg2 import ProgrammingError, extensions
+from psycopg2.extensions import parse_dsn
 
 from .._commands import shown_python
 from ..dsn import connect as connect_without_secrets
+from ..dsn import libpq_dsn
 from .adapters import PRODUCTION_OPTIONS, available_pools
 from .report import PLOT_MISSING, format_table, plot_available, to_json, write_plot
 from .runner import Progress, run_bench, total_steps
@@ -48,9 +51,63 @@ def _thread_count(text: str) -> int:
     return value
 
 
+# A password in a key=value DSN (quoted or not) and in a URI's user information.
+_KEYWORD_PASSWORD = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'"]+)""", re.I)
+_URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def _mask_pattern(text: str) -> str:
+    return _URI_PASSWORD.sub(r"\1***@", _KEYWORD_PASSWORD.sub(r"\1***", text))
+
+
+def _args_beyond_patterns(argv: Sequence[str]) -> List[str]:
+    """The arguments (or ``--option=`` values) that parse as a DSN or URI with a password
+    which ``_mask_pattern`` would not hide (percent-encoded, say)."""
+    found: List[str] = []
+    for arg in argv:
+        for candidate in (arg, arg.partition("=")[2] if arg.startswith("-") else ""):
+            try:
+                password = parse_dsn(libpq_dsn(candidate)).get("password") if candidate else None
+            except ProgrammingError:
+                continue
+            if password and password in _mask_pattern(candidate):
+                found.append(candidate)
+    return found
+
+
+def _mask_passwords(text: str, argv: Sequence[str]) -> str:
+    """``text`` without a password: each password-shaped part masked as ``***``, and any
+    argument of ``argv`` whose password that misses replaced whole by ``DSN``."""
+    for arg in sorted(_args_beyond_patterns(argv), key=len, reverse=True):
+        for shown in (arg, repr(arg)[1:-1]):
+            text = text.replace(shown, "DSN")
+    return _mask_pattern(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that its errors show no password: argparse echoes what it
+    could not use ("unrecognized arguments: ..."), such as a DSN given without ``--dsn``."""
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        masked = _mask_passwords(message, self._argv)
+        if message.startswith("unrecognized arguments") and any(
+            "=" in arg or "://" in arg for arg in self._argv if not arg.startswith("-")
+        ):
+            masked += " (a server is given with --dsn DSN)"
+        super().error(masked)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"{shown_python()} -m pgpool_compat bench",
+        # No abbreviations: --ds would be --dsn, whose value the shown command masks.
+        allow_abbrev=False,
         description=(
             "Compare psycopg2.pool, pgpool_compat and the other installed pools side by side. "
             "Without --dsn a throwaway PostgreSQL is started and removed afterwards."
@@ -141,8 +198,9 @@ def _server_version(dsn: str) -> str:
     return f"{number // 10000}.{number % 10000}"
 
 
-def _shown_command(argv: Sequence[str]) -> str:
-    """The command line as run, with the DSN (which may hold a password) left out."""
+def _shown_command(argv: Sequence[str], dsn: Optional[str] = None) -> str:
+    """The command line as run, with the DSN (which may hold a password) left out wherever
+    it appears, and any password masked."""
     shown: List[str] = []
     hide_next = False
     for arg in argv:
@@ -154,22 +212,29 @@ def _shown_command(argv: Sequence[str]) -> str:
             hide_next = True
         elif arg.startswith("--dsn="):
             shown.append("--dsn=DSN")
+        elif dsn and dsn in arg:
+            shown.append(arg.replace(dsn, "DSN"))
         else:
             shown.append(arg)
-    return " ".join(["python -m pgpool_compat bench", *shown])
+    return _mask_passwords(" ".join(["python -m pgpool_compat bench", *shown]), argv)
 
 
 def describe_machine(
-    argv: Sequence[str], server_version: str, server: str, quick: bool
+    argv: Sequence[str],
+    server_version: str,
+    server: str,
+    quick: bool,
+    dsn: Optional[str] = None,
 ) -> Dict[str, Any]:
     """What ran where, for the table header and the JSON ``machine`` object (no DSN).
 
-    ``server``: ``"--dsn"`` or where the throwaway server's binaries came from.
+    ``server``: ``"--dsn"`` or where the throwaway server's binaries came from; ``dsn``: the
+    one given, left out of the command shown.
     """
     libpq = extensions.libpq_version()
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "command": _shown_command(argv),
+        "command": _shown_command(argv, dsn),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
@@ -225,6 +290,33 @@ def _ctrl_c_noted(progress: Progress) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """A further Ctrl-C (an impatient user presses it twice) is ignored in the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _clean_up(server: Any) -> bool:
+    """Remove the throwaway server, if any, to the end, whatever Ctrl-Cs come meanwhile
+    (the harness holds them back until it is done, then delivers one); True if one came."""
+    if server is None:
+        return False
+    try:
+        server.cleanup()
+    except KeyboardInterrupt:
+        with _ctrl_c_ignored():
+            server.cleanup()  # idempotent: finishes whatever the Ctrl-C cut short
+        return True
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) -> int:
     """Run the bench; return the process exit status (130 after Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -232,9 +324,10 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
     out = sys.stdout if stdout is None else stdout
     _quiet_pool_logs(args.verbose)
     settings = Settings.quick(args.threads) if args.quick else Settings.full(args.threads)
-    specs, notes = available_pools()
     server: Any = None
+    interrupted = False
     try:
+        specs, notes = available_pools()  # imports every pool: a Ctrl-C may land here
         try:
             if args.dsn is None:
                 from ..testing import PostgresServer
@@ -252,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             sys.stderr.write(f"bench: no server to run against: {first_line}\n")
             return 1
         where = "--dsn" if server is None else f"throwaway, {server.binaries.origin}"
-        machine = describe_machine(argv, version, where, args.quick)
+        machine = describe_machine(argv, version, where, args.quick, args.dsn)
         scenarios = make_scenarios(
             args.chosen, settings, None if server is None else server.restart
         )
@@ -260,11 +353,13 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
         with _ctrl_c_noted(progress):
             outcome = run_bench(dsn, scenarios, specs, progress=progress)
     except KeyboardInterrupt:
-        sys.stderr.write("\nbench: interrupted\n")
-        return 130
+        interrupted = True
     finally:
-        if server is not None:
-            server.cleanup()
+        interrupted = _clean_up(server) or interrupted
+    if interrupted:
+        with _ctrl_c_ignored():
+            sys.stderr.write("\nbench: interrupted\n")
+        return 130
     machine["load_avg_at_end"] = _load_average()
     outcome.notes[:0] = notes + args.skipped
     out.write(format_table(outcome, _header(machine)))

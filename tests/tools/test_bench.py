@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -57,9 +57,11 @@ RESULT_KEYS = {"pool", "ops_per_s", "p50_us", "p99_us", "errors", "connections_o
 STARTED = re.compile(r"bench: started .* at 127\.0\.0\.1:(\d+).*, data in (\S+)")
 
 
-def _bench_process(*args: str) -> subprocess.Popen[str]:
+def _bench_process(*args: str, tmpdir: Optional[Path] = None) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PGPOOL_TEST_DSN", None)
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return popen_interruptible(
         [*BENCH, *args],
         stdout=subprocess.PIPE,
@@ -134,6 +136,52 @@ def test_output_files_in_missing_directories_fail_before_running(
             cli.parse_args([option, str(tmp_path / "missing" / "out.x")])
         assert exit_info.value.code == 2
         assert f"{option}: no such directory" in capsys.readouterr().err
+
+
+SECRET = "hunter2-secret"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--ds", f"host=db.invalid password={SECRET}"],  # --dsn abbreviated: refused
+        ["--quick", f"host=db.invalid password={SECRET}"],  # --dsn forgotten
+        [f"postgresql://me:{SECRET}@db.invalid/db"],
+        [f"postgresql://db.invalid/db?password={SECRET}"],
+        [f"host=db.invalid password='{SECRET} with spaces'"],
+        [f"postgresql://me:{SECRET.replace('-', '%2D')}@db.invalid/db"],  # percent-encoded
+        ["--threads", f"host=db.invalid password={SECRET}"],
+        ["--scenario", f"postgresql://me:{SECRET}@db.invalid/db"],
+    ],
+)
+def test_no_argument_error_shows_a_password(
+    argv: List[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "error: " in error
+    assert SECRET not in error and SECRET.replace("-", "%2D") not in error
+    if argv[0] == "--ds":
+        assert "unrecognized arguments: --ds " in error
+    elif not argv[0].startswith("--") or argv[0] == "--quick":
+        assert "--dsn DSN" in error  # says how to give a server
+
+
+def test_the_command_shown_never_holds_the_dsn() -> None:
+    dsn = f"host=db.invalid password={SECRET}"
+    for argv in (
+        ["--dsn", dsn],
+        [f"--dsn={dsn}"],
+        ["--quick", "--dsn", dsn, "--json", "out.json"],
+        ["--json", f"{dsn}.json", "--dsn", dsn],  # wherever it appears
+    ):
+        machine = cli.describe_machine(argv, "15.0", "--dsn", True, dsn)
+        assert SECRET not in machine["command"] and "DSN" in machine["command"], argv
+        assert SECRET not in json.dumps(machine)
+    shown = cli._shown_command(["--quick", "--json", "out.json"])
+    assert shown == "python -m pgpool_compat bench --quick --json out.json"
 
 
 def test_unreachable_dsn_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
@@ -482,4 +530,34 @@ def test_ctrl_c_removes_the_throwaway_server() -> None:
     assert process.returncode == 130, rest[-2000:]
     assert "interrupted" in rest
     assert not data_dir.parent.exists()
+    assert not _accepts(port)
+
+
+def test_ctrl_c_again_during_clean_up_is_quiet_and_leaves_nothing(private_tmp: Path) -> None:
+    """An impatient user presses Ctrl-C again (and again) while the bench cleans up: the
+    clean-up finishes, no traceback, exit status 130. The Ctrl-Cs come 30 ms apart for half
+    a second, through the server's stop and the removal of its files and template."""
+    process = _bench_process("--quick", "--scenario", "contention", tmpdir=private_tmp)
+    assert process.stderr is not None
+    try:
+        line = process.stderr.readline()
+        match = STARTED.search(line)
+        assert match, line
+        port = int(match.group(1))
+        time.sleep(1.0)  # inside the contention scenario
+        for _ in range(16):
+            if process.poll() is not None:
+                break
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.03)
+        _, rest = process.communicate(timeout=40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # 130; or, for a Ctrl-C after Python's own exit clean-up (handlers back at their
+    # defaults), death by SIGINT, which a shell also reports as 130.
+    assert process.returncode in (130, -signal.SIGINT), rest[-2000:]
+    assert "Traceback" not in rest and "bench: interrupted" in rest, rest[-2000:]
+    assert list(private_tmp.iterdir()) == []  # server, data and initdb template all gone
     assert not _accepts(port)

@@ -507,6 +507,38 @@ def test_without_opentelemetry_one_clear_line(monkeypatch: pytest.MonkeyPatch) -
     assert "\n" not in message and "pip install 'pgpool_compat[metrics]'" in message
 
 
+class _MeterBefore130:
+    """A meter as OpenTelemetry before 1.30 has it: histograms take no buckets."""
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "") -> Any:
+        raise AssertionError("not reached: the buckets are always given")
+
+    def create_observable_up_down_counter(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def create_observable_counter(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+
+class _ProviderBefore130:
+    def get_meter(self, name: str, version: Optional[str] = None) -> Any:
+        return _MeterBefore130()
+
+
+def test_opentelemetry_before_1_30_one_clear_line() -> None:
+    """setup.cfg asks for 1.30, the first release whose histograms take buckets; an older
+    one already installed gets a line saying what to upgrade, not a TypeError."""
+    before, provider = metrics._otel, _ProviderBefore130()
+    with pytest.raises(ImportError) as error:
+        metrics.instrument(meter_provider=provider)
+    message = str(error.value)
+    assert "\n" not in message and "opentelemetry-api>=1.30" in message
+    assert "-m pip install 'opentelemetry-api>=1.30'" in message
+    # Nothing half made stays instrumented or is reused.
+    assert metrics._otel is before
+    assert all(made.meter_provider is not provider for made in metrics._made)
+
+
 # -- one log vocabulary ---------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -13,7 +15,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import psycopg2
 import pytest
@@ -371,8 +373,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(how: str) -> tuple[subprocess.Popen[str], Path, str]:
+def child_env(tmpdir: Optional[Path]) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    return env
+
+
+def run_child(how: str, tmpdir: Optional[Path] = None) -> tuple[subprocess.Popen[str], Path, str]:
+    env = child_env(tmpdir)
     process = popen_interruptible(
         [sys.executable, "-c", CHILD, how],
         stdin=subprocess.PIPE,
@@ -386,14 +395,154 @@ def run_child(how: str) -> tuple[subprocess.Popen[str], Path, str]:
     return process, Path(data_dir), dsn
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C
-def test_owner_killed_cleans_up(signum: int) -> None:
-    process, data_dir, dsn = run_child("wait")
-    process.send_signal(signum)
-    # Python dies of the signal either way (KeyboardInterrupt re-raises SIGINT at exit).
-    assert process.wait(30) == -signum
+# SIGINT: Ctrl-C; SIGHUP: the terminal (or the SSH session) was closed.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_owner_killed_cleans_up(signum: int, private_tmp: Path) -> None:
+    process, data_dir, dsn = run_child("wait", private_tmp)
+    try:
+        process.send_signal(signum)
+        # Python dies of the signal either way (KeyboardInterrupt re-raises SIGINT at exit).
+        assert process.wait(30) == -signum
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
     assert not data_dir.exists()
     assert refuses(dsn)
+    assert list(private_tmp.iterdir()) == []  # the initdb template went too
+
+
+THREAD_FIRST = textwrap.dedent(
+    """
+    import json, threading, time
+    from pgpool_compat.testing import PostgresServer
+    made = []
+    thread = threading.Thread(target=lambda: made.append(PostgresServer(name="in-a-thread")))
+    thread.start()
+    thread.join()
+    made.append(PostgresServer(name="in-main"))
+    print(json.dumps([[str(server.data_dir), server.dsn] for server in made]), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_first_server_made_in_a_thread_does_not_cost_the_signal_clean_up(
+    private_tmp: Path,
+) -> None:
+    """Only the main thread can install signal handlers: the first server of the main
+    thread does, even when one made in another thread came first (which used to mark the
+    hooks as installed, so SIGTERM left both servers running)."""
+    process = popen_interruptible(
+        [sys.executable, "-c", THREAD_FIRST],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(private_tmp),
+    )
+    try:
+        assert process.stdout is not None
+        servers = json.loads(process.stdout.readline())
+        assert len(servers) == 2 and all(query(dsn, "SELECT 1") == 1 for _, dsn in servers)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == -signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    for data_dir, dsn in servers:
+        assert not Path(data_dir).exists()
+        assert refuses(dsn)
+
+
+@pytest.fixture
+def sigint_raises() -> Any:
+    """Python's own Ctrl-C handler (KeyboardInterrupt), whatever the test run's."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_during_clean_up_waits_until_it_is_done(sigint_raises: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), harness._sigint_held(deliver=True):
+        signal.raise_signal(signal.SIGINT)  # the handler runs at once: it holds it back
+        done.append("cleaned")
+    assert done == ["cleaned"]
+    with harness._sigint_held(deliver=False):  # the process is ending: it is dropped
+        signal.raise_signal(signal.SIGINT)
+        done.append("at exit")
+    assert done == ["cleaned", "at exit"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _fake_binaries(directory: Path, initdb: str) -> Path:
+    """Stand-in server binaries the server's OS user can run: ``postgres --version`` works,
+    ``initdb`` runs the shell script ``initdb``."""
+    directory.mkdir(mode=0o755)
+    (directory / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 99.9'\n")
+    (directory / "initdb").write_text(f"#!/bin/sh\n{initdb}\n")
+    for name in ("postgres", "initdb"):
+        (directory / name).chmod(0o755)
+    return directory
+
+
+def test_a_failed_initdb_leaves_no_template(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _fake_binaries(private_tmp / "bin", "echo 'initdb: no space left'; exit 3")
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    monkeypatch.setattr(
+        harness, "find_server_binaries", lambda: harness.ServerBinaries(fake, embedded=False)
+    )
+    with pytest.raises(RuntimeError, match=r"initdb failed \(3\): initdb: no space left"):
+        PostgresServer(name="failed-initdb")
+    assert [path.name for path in private_tmp.iterdir()] == ["bin"]
+
+
+SLOW_INITDB = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from pgpool_compat import testing as harness
+    fake = harness.ServerBinaries(Path(sys.argv[1]), embedded=False)
+    harness.find_server_binaries = lambda: fake
+    harness.PostgresServer(name="slow-initdb")
+    """
+)
+
+
+def test_ctrl_c_during_initdb_ends_it_and_leaves_no_template(private_tmp: Path) -> None:
+    """initdb runs in a session of its own, which the terminal's Ctrl-C does not reach: the
+    harness ends it (and what it started) and removes its half-made template."""
+    # initdb's output goes to initdb.log in the template: its pid and its child's.
+    fake = _fake_binaries(private_tmp / "bin", 'sleep 300 &\necho "$$ $!"\nwait')
+    process = popen_interruptible(
+        [sys.executable, "-c", SLOW_INITDB, str(fake)], env=child_env(private_tmp)
+    )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not pids and time.monotonic() < deadline and process.poll() is None:
+            for log in private_tmp.glob("pgpool_compat-template-*/initdb.log"):
+                pids = [int(pid) for pid in log.read_text().split()]
+            time.sleep(0.02)
+        assert len(pids) == 2, "the fake initdb never started"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == -signal.SIGINT
+        deadline = time.monotonic() + 10
+        while any(map(harness._pid_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(map(harness._pid_alive, pids)), "initdb (or what it started) still runs"
+        assert [path.name for path in private_tmp.iterdir()] == ["bin"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        for pid in pids:  # left running only on failure: the fake initdb and its sleep
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"sleep" in command or str(fake).encode() in command:
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -433,6 +582,33 @@ def test_forked_child_exit_leaves_parent_server_alone() -> None:
     assert "parent server alive" in out
     assert process.returncode == 0
     assert not data_dir.exists()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def test_leftovers_of_a_zombie_owner_are_swept(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner killed but not yet reaped by its parent is a zombie: os.kill(pid, 0) still
+    succeeds on it, and its leftovers used to be kept as a live process's."""
+    process, data_dir, dsn = run_child("wait", private_tmp)
+    try:
+        process.kill()  # SIGKILL, and no wait(): a zombie until we reap it
+        deadline = time.monotonic() + 10
+        while _state(process.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(process.pid) == "Z"
+        assert not harness._pid_alive(process.pid)
+        assert harness._pid_alive(os.getpid())
+        monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+        harness._sweep_orphans()
+        assert not data_dir.parent.exists()
+        assert refuses(dsn)
+    finally:
+        process.kill()
+        process.wait(30)
 
 
 def test_leftovers_of_a_sigkilled_owner_are_swept() -> None:

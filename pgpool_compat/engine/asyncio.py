@@ -260,6 +260,8 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
             if core.closed:
                 raise PoolClosed()
             entry = core.take_back(conn)  # raises NotBorrowed
+            if entry is None:
+                return  # borrowed before a fork: the parent's, never closed here
         now = monotonic()
         used = now - entry.checked_out_at
         state = core.checkin(

@@ -257,10 +257,13 @@ class Core:
         self.drop(entry)
         return None
 
-    def take_back(self, conn: Any) -> Entry:
-        """The entry of a borrowed connection, taken off the borrowed books."""
+    def take_back(self, conn: Any) -> Optional[Entry]:
+        """The entry of a borrowed connection, taken off the borrowed books; None for one
+        borrowed before the process forked (the parent's: let go, never closed here)."""
         entry = self.out.pop(id(conn), None)
         if entry is None:
+            if self.inherited.pop(id(conn), None) is not None:
+                return None
             raise NotBorrowed(NOT_BORROWED_MESSAGE)
         return entry
 

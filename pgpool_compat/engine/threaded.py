@@ -186,9 +186,9 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             if entry is None:
                 if core.closed:
                     raise PoolClosed()
-                if core.inherited.pop(id(conn), None) is not None:
-                    return  # borrowed before a fork: the parent's, never closed here
                 entry = core.take_back(conn)  # raises NotBorrowed, worded once in the core
+                if entry is None:
+                    return  # borrowed before a fork: the parent's, never closed here
             state = core.checkin(
                 entry, None if discard else self.driver.return_state(conn), monotonic(), discard
             )

@@ -153,6 +153,37 @@ def test_a_forked_child_never_uses_or_closes_the_parents_connections(pg_dsn: str
     run(body, bound=20)
 
 
+def test_a_forked_child_lets_go_of_a_connection_borrowed_before_the_fork(pg_dsn: str) -> None:
+    """The child's release of the parent's borrowed connection is a quiet no-op, as in the
+    threaded runner (it raised NotBorrowed), and never closes it."""
+    import psycopg2
+
+    from tests.dropin.test_fork import run_in_child
+    from tests.helpers import scalar
+
+    async def connect() -> Any:
+        return psycopg2.connect(pg_dsn)
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(connect, min_size=1, max_size=1)
+
+    async def body() -> None:
+        async with pool:
+            borrowed = await pool.acquire()
+
+            def child() -> Dict[str, Any]:
+                async def give_back() -> str:
+                    await pool.release(borrowed)
+                    return "released"
+
+                return {"outcome": asyncio.run(give_back()), "closed": borrowed.closed}
+
+            assert run_in_child(child) == {"outcome": "released", "closed": 0}
+            assert scalar(borrowed, "SELECT 1") == 1  # still the parent's, still open
+            await pool.release(borrowed)
+
+    run(body, bound=20)
+
+
 def test_a_forked_child_never_finalizes_the_parents_asyncpg_connections(pg_dsn: str) -> None:
     """The child's at-fork hook dropped the last references to the parent's connections:
     collected there, asyncpg's ``__del__`` aborted the transport, unregistering the socket

@@ -496,7 +496,10 @@ class Core:
         def lent(waiter: Waiter) -> Optional[Grant]:
             if waiter.key != key:
                 return None
-            self.lend(entry, now)  # booked first: the waiter owns it once it accepts
+            # Booked first: the waiter owns it once it accepts. Never lent before the waiter
+            # came (a runner's ``now`` may predate its lock round): the psycopg2 face tells a
+            # connection in flight from one unbooked by hand by that order.
+            self.lend(entry, max(now, waiter.enqueued_at))
             return entry
 
         def refused(_waiter: Waiter, _grant: Grant) -> None:

@@ -438,6 +438,11 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                 self.core.drop(entry)
         self._dispose_doomed()
 
+    def _reentrant_held(self) -> bool:
+        """Whether this thread holds the (reentrant) lock outside the runner's own rounds."""
+        is_owned = getattr(self._lock, "_is_owned", None)
+        return is_owned is not None and bool(is_owned())
+
     def _wait(
         self,
         waiter: _ThreadWaiter,
@@ -446,14 +451,22 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         timeout: Optional[float],
     ) -> Grant:
         """Sleep in the queue until served or out of time (lock released)."""
+        # A reentrant lock may still be held by the caller around this call (psycopg2.pool's
+        # ThreadedConnectionPool holds it around a subclass's _getconn): let it go while
+        # asleep, as Condition.wait does, or no other thread could return a connection.
+        held = self._lock._release_save() if self._reentrant_held() else None
         try:
             waiter.sleep(deadline)
         except BaseException:  # KeyboardInterrupt while asleep: no ghost left in the queue
+            if held is not None:
+                self._lock._acquire_restore(held)
             with self._lock:
                 waiter.gave_up = True
                 self.core.give_up(waiter, waiter.grant, monotonic())
             self._dispose_doomed()
             raise
+        if held is not None:
+            self._lock._acquire_restore(held)
         core = self.core
         error: Optional[BaseException] = None
         with self._lock:

@@ -6,6 +6,8 @@ expects. Found by an adversarial porting trial; each failed on pgpool_compat bef
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, List, Optional
@@ -39,8 +41,10 @@ def pools() -> Iterator[List[Any]]:
             pool.closeall()
 
 
-def threaded(impl: ModuleType, pools: List[Any], *args: Any, cls: Any = None) -> Any:
-    pool = (cls or impl.ThreadedConnectionPool)(*args)
+def threaded(
+    impl: ModuleType, pools: List[Any], *args: Any, cls: Any = None, **options: Any
+) -> Any:
+    pool = (cls or impl.ThreadedConnectionPool)(*args, **options)
     pools.append(pool)
     return pool
 
@@ -267,3 +271,122 @@ def test_subclass_setting_attributes_before_init(
     pool = threaded(impl, pools, 1, 2, pg_dsn, cls=Prepared)
     assert (pool.closed, pool.minconn, pool.maxconn) == (False, 1, 2)
     pool.putconn(pool.getconn())
+
+
+class SlowConnect(psycopg2.extensions.connection):  # type: ignore[misc]
+    """A connect that takes ``delay`` seconds (TLS, a remote server): widens races."""
+
+    delay = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(self.delay)
+        super().__init__(*args, **kwargs)
+
+
+def test_getconn_override_is_called_under_the_lock(
+    impl: ModuleType, pools: List[Any], pg_dsn: str
+) -> None:
+    # psycopg2.pool holds self._lock around _getconn: the override's check-then-connect is
+    # atomic, so three threads racing for maxconn=1 get one connection, never three.
+    class Slow(SlowConnect):
+        delay = 0.3
+
+    pool = threaded(impl, pools, 0, 1, pg_dsn, cls=closed_check_pool(impl))
+    pool._kwargs = {"connection_factory": Slow}
+    got: List[Any] = []
+    errors: List[str] = []
+
+    def take() -> None:
+        try:
+            got.append(pool.getconn())
+        except psycopg2.pool.PoolError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=take) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(got) == 1 and errors == ["connection pool exhausted"] * 2
+    pool.putconn(got[0])
+
+
+def test_connections_an_override_skips_are_not_counted_for_ever(
+    pools: List[Any], pg_dsn: str
+) -> None:
+    pool = threaded(pgpool_compat, pools, 1, 2, pg_dsn, cls=closed_check_pool(pgpool_compat))
+    for _ in range(20):
+        pool.putconn(pool.getconn())
+        pool._pool[-1].close()  # the server ended it while idle: the override skips it
+    assert pool.get_stats()["pool_size"] <= 2
+    assert len(pool._core.entries) <= 2
+
+
+def test_slot_freed_by_hand_reaches_a_waiting_caller(pools: List[Any], pg_dsn: str) -> None:
+    pool = pgpool_compat.ThreadedConnectionPool(0, 1, pg_dsn, pool_timeout=5)
+    pools.append(pool)
+    leaked = pool.getconn()
+    served: List[float] = []
+
+    def wait_for_one() -> None:
+        started = time.monotonic()
+        conn = pool.getconn()
+        served.append(time.monotonic() - started)
+        pool.putconn(conn)
+
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    time.sleep(0.3)  # the waiter is queued
+    leaked.close()
+    with pool._lock:  # a leak handler takes the slot back...
+        del pool._used[pool._rused.pop(id(leaked))]
+    pool.putconn(pool.getconn())  # ...and the next caller's reconciliation frees it
+    waiter.join(10)
+    assert served and served[0] < 4
+
+
+def test_slot_freed_by_hand_while_another_thread_connects(
+    impl: ModuleType, pools: List[Any], pg_dsn: str
+) -> None:
+    class Slow(SlowConnect):
+        delay = 0.0
+
+    pool = threaded(impl, pools, 0, 2, pg_dsn)
+    pool._kwargs = {"connection_factory": Slow}
+    leaked = pool.getconn()
+    leaked.close()
+    with pool._lock:
+        del pool._used[pool._rused.pop(id(leaked))]
+    Slow.delay = 1.0
+    other: List[Any] = []
+    connecting = threading.Thread(target=lambda: other.append(pool.getconn()))
+    connecting.start()
+    time.sleep(0.3)  # that thread is connecting
+    conn = pool.getconn()  # stock serves it: one of two slots is in use
+    connecting.join(10)
+    pool.putconn(conn)
+    pool.putconn(other[0])
+
+
+def test_an_override_calling_ours_can_still_wait(pools: List[Any], pg_dsn: str) -> None:
+    # Called under the lock (as on stock), an override that calls ours and waits
+    # (pool_timeout) must let the lock go while asleep, or nobody could return one.
+    class Logged(pgpool_compat.ThreadedConnectionPool):  # type: ignore[misc]
+        def _getconn(self, key: Optional[Any] = None) -> Any:
+            return super()._getconn(key)
+
+    pool = threaded(pgpool_compat, pools, 0, 1, pg_dsn, pool_timeout=5, cls=Logged)
+    held = pool.getconn()
+    served: List[float] = []
+
+    def wait_for_one() -> None:
+        started = time.monotonic()
+        pool.putconn(pool.getconn())
+        served.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    time.sleep(0.3)
+    pool.putconn(held)
+    waiter.join(10)
+    assert served and served[0] < 2

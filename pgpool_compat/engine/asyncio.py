@@ -32,7 +32,7 @@ from typing import Any, Dict, Hashable, List, Optional, Set, Tuple
 from ..driver import ConnT
 from ..driver_async import AsyncDriver, call_hook
 from ..errors import PoolClosed, PoolError, PoolTimeout
-from ..settings import Settings
+from ..settings import Settings, check_seconds
 from . import log
 from .base import RunnerBase
 from .checks import CheckPolicy
@@ -186,6 +186,8 @@ class AsyncRunner(RunnerBase[AsyncDriver[ConnT]]):
     async def acquire(self, key: Hashable = None, timeout: Optional[float] = DEFAULT) -> ConnT:
         """Borrow a connection of ``key``, waiting up to ``timeout`` (the pool's setting by
         default; None: for ever; 0: not at all), then ``PoolTimeout``."""
+        if timeout is not DEFAULT:  # a caller's own: validated as the setting is
+            timeout = check_seconds("timeout", timeout, allow_zero=True)
         if asyncio.get_running_loop() is not self._loop:
             self.bind()
         core = self.core

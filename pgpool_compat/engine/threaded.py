@@ -19,7 +19,7 @@ from typing import Any, Dict, Hashable, List, Optional, Protocol, Tuple
 
 from ..driver import ConnT, Driver
 from ..errors import PoolClosed, PoolTimeout
-from ..settings import Settings
+from ..settings import Settings, check_seconds
 from . import log
 from .base import RunnerBase
 from .checks import CheckPolicy
@@ -126,6 +126,8 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
     def acquire(self, key: Hashable = None, timeout: Optional[float] = DEFAULT) -> ConnT:
         """Borrow a connection of ``key``; wait up to ``timeout`` seconds (the pool's
         setting by default; None: for ever; 0: not at all), then raise ``PoolTimeout``."""
+        if timeout is not DEFAULT:  # a caller's own: validated as the setting is
+            timeout = check_seconds("timeout", timeout, allow_zero=True)
         core = self.core
         lock = self._lock
         lock.acquire()  # not ``with``: cheaper, and this is the hot path

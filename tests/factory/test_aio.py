@@ -261,6 +261,19 @@ def test_an_argument_to_acquire_is_a_timeout_as_in_the_sync_pool() -> None:
     run(body)
 
 
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "0.2"])
+def test_a_bad_timeout_to_acquire_is_refused_at_once(timeout: Any) -> None:
+    async def body() -> None:
+        async with AsyncConnectionPool(Factory(), min_size=0, max_size=1, timeout=10) as pool:
+            held = await pool.acquire()
+            with pytest.raises((TypeError, ValueError), match="timeout must be"):
+                await asyncio.wait_for(pool.acquire(timeout), 2)
+            await pool.release(held)
+            assert pool.get_stats()["requests_waiting"] == 0
+
+    run(body)
+
+
 def test_waiters_are_served_first_come_first_served() -> None:
     """Each task re-queues right after returning: with barging it would get its own
     connection back at once; with FIFO hand-off the turns go round robin."""

@@ -228,6 +228,24 @@ def test_an_argument_to_acquire_is_a_timeout_never_a_key_past_max_size() -> None
         assert pool.acquire(None) is held  # None: as long as it takes (nothing to wait for)
 
 
+@pytest.mark.parametrize(
+    "timeout, error",
+    [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+     (1e12, ValueError), ("0.2", TypeError), (True, TypeError)],
+)  # fmt: skip
+def test_a_bad_timeout_to_acquire_is_refused_at_once(timeout: Any, error: type) -> None:
+    # As the constructor refuses it, an idle connection there or not (it overflowed the
+    # lock's timeout, waited for ever, or failed in arithmetic).
+    with ConnectionPool(Factory(), min_size=1, max_size=1, timeout=10) as pool:
+        with pytest.raises(error, match="timeout must be"):
+            pool.acquire(timeout)
+        held = pool.acquire()
+        with pytest.raises(error, match="timeout must be"):
+            pool.acquire(timeout)
+        pool.release(held)
+        assert pool.get_stats()["requests_waiting"] == 0 and pool.idle_count == 1
+
+
 def test_waiters_are_served_in_arrival_order() -> None:
     order: List[int] = []
     with ConnectionPool(Factory(), min_size=1, max_size=1, timeout=10) as pool:

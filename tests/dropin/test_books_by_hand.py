@@ -236,6 +236,38 @@ def test_mocked_connect(impl: ModuleType) -> None:
     assert connect.call_count == 1
 
 
+class StockShapedFake:
+    """A unit test's double of a connection: only what psycopg2.pool itself reads."""
+
+    made: List["StockShapedFake"] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.closed = 0
+        self.rollbacks = 0
+        self.info = mock.Mock(transaction_status=IDLE)
+        StockShapedFake.made.append(self)
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+        self.info.transaction_status = IDLE
+
+    def close(self) -> None:
+        self.closed = 1
+
+
+def test_fake_connection_class(impl: ModuleType) -> None:
+    StockShapedFake.made = []
+    with mock.patch("psycopg2.connect", StockShapedFake):
+        pool = impl.ThreadedConnectionPool(1, 3, "dbname=fake")
+        conn = pool.getconn()
+        conn.info.transaction_status = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        pool.putconn(conn)  # rolled back and kept, as stock does
+        assert conn.rollbacks == 1 and pool.getconn() is conn
+        pool.putconn(conn)
+        pool.closeall()
+    assert len(StockShapedFake.made) == 1
+
+
 @pytest.mark.parametrize("size", ["3", 3.0])
 def test_sizes_assigned_later_go_through_int(
     impl: ModuleType, pools: List[Any], pg_dsn: str, size: Any

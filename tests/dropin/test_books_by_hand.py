@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, List, Optional
+from typing import Any, ClassVar, List, Optional
 from unittest import mock
 
 import psycopg2
@@ -239,7 +239,7 @@ def test_mocked_connect(impl: ModuleType) -> None:
 class StockShapedFake:
     """A unit test's double of a connection: only what psycopg2.pool itself reads."""
 
-    made: List["StockShapedFake"] = []
+    made: ClassVar[List[StockShapedFake]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.closed = 0

@@ -236,8 +236,9 @@ class Psycopg2Driver(Driver[Any]):
         return not conn.closed and not poller.poll(0)
 
     def ping(self, conn: Any, state: Any, timeout: float) -> bool:
-        if state.shared:
-            return self.is_alive(conn, state)  # no round trip on a shared connection
+        if state.shared or state.poller is None:
+            # No round trip on a shared connection, nor on a test double (no socket).
+            return self.is_alive(conn, state)
         if not self.is_alive(conn, state) or conn.get_transaction_status() != _STATUS_IDLE:
             return False
         autocommit = conn.autocommit

@@ -88,18 +88,17 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         reentrant: bool = False,
         metrics_label: Optional[str] = None,
         prefill: bool = False,
-        wait_for_returns: Optional[bool] = None,
     ) -> None:
         """``prefill``: open ``min_size`` now (a connect error closes the runner and is
         raised). The keeper (``settings.background``) starts only after that: started
         first, it would reserve the slots and the constructor would return without the
         minimum open, its connect errors logged instead of raised.
 
-        ``wait_for_returns``: a checkout out of time (``timeout=0`` included) that finds
-        the pool full only because connections are being reset or checked waits for them,
-        ``check_timeout`` at most, as if the returning thread held the lock: psycopg2.pool
-        holds its lock through the rollback, and its face's reset is bounded. Default: with
-        ``reentrant`` (the psycopg2 face) only; every other face fails at its deadline."""
+        ``reentrant`` (the psycopg2 face): the lock is an RLock, and a checkout out of time
+        (``timeout=0`` included) that finds the pool full only because connections are
+        being reset or checked waits for them, ``check_timeout`` at most, as if the
+        returning thread held the lock: psycopg2.pool holds its lock through the rollback,
+        and its face's reset is bounded. Every other face fails at its deadline."""
         super().__init__(settings, driver, kind)
         #: What metrics call this pool; None: its name (a face may name its server instead).
         self.metrics_label = metrics_label
@@ -110,7 +109,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
         self.unlogged_losses = 0
         self._keeper: Optional[_Keeper] = None
         self._connect_failures = 0  # in a row, for the "reconnected" log line
-        self._wait_for_returns = reentrant if wait_for_returns is None else wait_for_returns
+        self._reentrant = reentrant
         register(self)
         if prefill:
             try:
@@ -153,7 +152,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
             probe = self._checks.probe
             try:
                 alive = probe is None or probe(entry.conn, entry.state)
-            except Exception as error:  # a user's probe (a face's check hook): dead, as
+            except Exception as error:  # a driver's probe that raises: dead, as
                 log.check_raised(self.name, error)  # CheckPolicy.passes rules
                 alive = False
             if not alive:
@@ -379,7 +378,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
                         reserved = True
                     else:
                         if deadline is not None and now >= deadline:
-                            if not (core.settling and self._wait_for_returns):
+                            if not (core.settling and self._reentrant):
                                 raise self.timed_out(started, timeout)
                             # Out of time, but a return is being reset: idle in a moment
                             # (the reset is bounded), as if the returning thread held the lock.
@@ -442,8 +441,7 @@ class ThreadedRunner(RunnerBase[Driver[ConnT]]):
 
     def _reentrant_held(self) -> bool:
         """Whether this thread holds the (reentrant) lock outside the runner's own rounds."""
-        is_owned = getattr(self._lock, "_is_owned", None)
-        return is_owned is not None and bool(is_owned())
+        return self._reentrant and bool(self._lock._is_owned())
 
     def _wait(
         self,

@@ -422,3 +422,26 @@ def test_an_override_calling_ours_can_still_wait(pools: List[Any], pg_dsn: str) 
     pool.putconn(held)
     waiter.join(10)
     assert served and served[0] < 2
+
+
+def test_a_keyed_race_loser_is_never_taken_for_a_hand_edit(
+    pools: List[Any], pg_dsn: str
+) -> None:
+    # Two callers of one key: the loser gives back what the runner lent it, outside the
+    # lock. A reconciliation in that window must still see it as that call's, in flight.
+    pool = threaded(pgpool_compat, pools, 2, 2, pg_dsn)
+    winner = pool.getconn("k")
+    call = object()
+    pool._in_flight[call] = time.monotonic()  # as _getconn's first lock round does
+    loser = pool._runner.acquire(None)
+    release = pool._runner.release
+
+    def release_after_a_reconciliation(conn: Any, discard: bool = False) -> None:
+        with pool._lock:  # another thread, finding the pool full, in that window
+            pool._reconcile_books()
+        release(conn, discard)
+
+    pool._runner.release = release_after_a_reconciliation
+    assert pool._book(loser, "k", False, call) is winner
+    assert pool._in_flight == {} and pool.get_stats()["pool_size"] == 2
+    assert pool.getconn() is loser  # kept idle, counted

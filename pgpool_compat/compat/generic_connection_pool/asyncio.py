@@ -8,9 +8,17 @@ from typing import AsyncIterator, Generic, Optional
 
 from ...engine.asyncio import AsyncRunner
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
-from ...settings import MAX_SECONDS, Settings
+from ...settings import Settings
 from ._driver import AsyncManagerDriver
-from .common import NOT_ACQUIRED, ConnectionT, EndpointPool, EndpointT, borrowed_as, endpoint_size
+from .common import (
+    NOT_ACQUIRED,
+    ConnectionT,
+    EndpointPool,
+    EndpointT,
+    acquire_seconds,
+    borrowed_as,
+    endpoint_size,
+)
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -81,10 +89,8 @@ class ConnectionPool(
 
     async def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
         """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
-        if timeout is None:
-            timeout = self._acquire_timeout
-        elif timeout > MAX_SECONDS:  # inf too: as long as it takes
-            timeout = None
+        # The setting's rules for a call's own (see the threading pool).
+        timeout = self._acquire_timeout if timeout is None else acquire_seconds(timeout)
         try:
             conn = await self._runner.acquire(endpoint, timeout)
         except PoolTimeout as error:

@@ -65,9 +65,10 @@ def _expiry(name: str, value: Any) -> Optional[float]:
     return None if seconds == math.inf else max(0.0, seconds)
 
 
-def _acquire_timeout(value: Any) -> Optional[float]:
-    """``acquire_timeout`` for the engine: ``None`` (and beyond a year, ``inf`` included)
-    waits as long as it takes; a negative one does not wait, as the original's timer."""
+def acquire_seconds(value: Any) -> Optional[float]:
+    """``acquire_timeout`` (or a call's ``timeout``) for the engine: ``None`` (and beyond a
+    year, ``inf`` included) waits as long as it takes; a negative one does not wait, as the
+    original's timer."""
     if value is None:
         return None
     seconds = _seconds("acquire_timeout", value)
@@ -127,7 +128,7 @@ class BaseConnectionPool(Generic[EndpointT, ConnectionT]):
             total_max_size=self._total_max_size,
             min_idle=self._min_idle,
             refill=False,  # min_idle shields idle connections from idle_timeout, opens none
-            timeout=_acquire_timeout(acquire_timeout),
+            timeout=acquire_seconds(acquire_timeout),
             max_idle=self._max_idle,
             max_lifetime=self._lifetime,
             check="ping",  # no probe: the keeper checks nothing

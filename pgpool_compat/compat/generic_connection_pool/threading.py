@@ -10,9 +10,17 @@ from typing import Generic, Iterator, Optional
 
 from ...engine.threaded import ThreadedRunner
 from ...errors import NotBorrowed, PoolClosed, PoolTimeout
-from ...settings import MAX_SECONDS, Settings
+from ...settings import Settings
 from ._driver import OUTSIDE, ManagerDriver
-from .common import NOT_ACQUIRED, ConnectionT, EndpointPool, EndpointT, borrowed_as, endpoint_size
+from .common import (
+    NOT_ACQUIRED,
+    ConnectionT,
+    EndpointPool,
+    EndpointT,
+    acquire_seconds,
+    borrowed_as,
+    endpoint_size,
+)
 from .exceptions import ConnectionPoolClosedError
 
 __all__ = ["BaseConnectionManager", "ConnectionPool", "ConnectionT", "EndpointT"]
@@ -89,10 +97,9 @@ class ConnectionPool(
 
     def acquire(self, endpoint: EndpointT, timeout: Optional[float] = None) -> ConnectionT:
         """Borrow a connection to ``endpoint``; ``on_acquire`` runs on it."""
-        if timeout is None:
-            timeout = self._acquire_timeout
-        elif timeout > MAX_SECONDS:  # inf too: as long as it takes (the original overflows)
-            timeout = None
+        # The setting's rules for a call's own: inf waits as long as it takes (the original
+        # overflows), a negative one does not wait.
+        timeout = self._acquire_timeout if timeout is None else acquire_seconds(timeout)
         checkout = self._checkout  # check_aliveness gets the time left, as in the original
         checkout.deadline = None if timeout is None else monotonic() + timeout
         try:

@@ -262,10 +262,15 @@ class Core:
         borrowed before the process forked (the parent's: let go, never closed here)."""
         entry = self.out.pop(id(conn), None)
         if entry is None:
-            if self.inherited.pop(id(conn), None) is not None:
+            if self.let_go_inherited(conn):
                 return None
             raise NotBorrowed(NOT_BORROWED_MESSAGE)
         return entry
+
+    def let_go_inherited(self, conn: Any) -> bool:
+        """Whether ``conn`` was borrowed before the process forked (the parent's): if so it
+        is forgotten, to be let go quietly, never closed here."""
+        return self.inherited.pop(id(conn), None) is not None
 
     def shelve(self, entry: Entry, now: float) -> None:
         """A usable connection no borrower returned (new, reset, checked, or given back by
